@@ -34,7 +34,7 @@ import orjson
 
 from .errors import ConfigError
 from .snapshot import Filters, SessionLog, SessionSummary, Snapshot
-from .sqlite_store import SCHEMA
+from .sqlite_store import INSERT_EVENT, SCHEMA
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -298,7 +298,7 @@ class _SqliteWriter:
             "INSERT INTO sessions (id, env, created_at) VALUES (?, ?, ?)", (s.id, s.env, s.created_at)
         )
         self._conn.executemany(
-            "INSERT INTO events (session, seq, kind, at, hash, body) VALUES (?, ?, ?, ?, ?, ?)",
+            INSERT_EVENT,
             ((s.id, e.seq, e.kind, e.at, e.hash, e.body) for e in log.events),
         )
         self._pending += len(log.events)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import ipaddress
 import logging
@@ -37,6 +38,8 @@ MAX_BODY = web.AppKey("max_body", int)
 TOKEN = web.AppKey("token", str)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+#: Allocations between two passes of the garbage collector's youngest generation while serving.
+GC_THRESHOLD = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -362,9 +365,18 @@ async def serve(
     port: int = 8000,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then drain in-flight calls and flush the log."""
+    """Serve `app` until SIGINT or SIGTERM, then drain in-flight calls and flush the log.
+
+    The process's cyclic garbage collector runs less often while serving: every call allocates
+    short-lived objects that reference counting frees, and with the default threshold the
+    collector's passes over the cached sessions cost about 12 µs of CPU per call (tools/bench.py).
+    """
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    gc.collect()
+    gc.freeze()  # what is alive now (modules, the app) lives as long as the process: never scan it
+    thresholds = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, *thresholds[1:])
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
@@ -377,3 +389,5 @@ async def serve(
         await stop.wait()
     finally:
         await runner.cleanup()
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()

@@ -19,7 +19,6 @@ import functools
 import re
 import secrets
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +70,35 @@ def _new_session_id() -> str:
     return f"{time.time_ns() // 1_000_000:011x}{secrets.token_urlsafe(16)}"
 
 
+class _SessionLock:
+    """An asyncio lock for one session that leaves `locks` once no operation holds or awaits it."""
+
+    __slots__ = ("_lock", "_locks", "_session", "_users")
+
+    def __init__(self, locks: dict[str, _SessionLock], session: str) -> None:
+        self._lock = asyncio.Lock()
+        self._locks = locks
+        self._session = session
+        self._users = 0
+
+    async def __aenter__(self) -> None:
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if not self._users:
+            del self._locks[self._session]
+
+
 class Sessions:
     """The live sessions of one environment over one store."""
 
@@ -97,7 +125,7 @@ class Sessions:
         self.snapshot_every = snapshot_every
         self._clock = clock
         self._cache: OrderedDict[str, Folded] = OrderedDict()
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: dict[str, _SessionLock] = {}
         #: Who performs each kind of external effect (e.g. "judge": a judge client), for effectful envs.
         self.performers: Mapping[str, Performer] = performers or {}
         self._executor = (
@@ -106,10 +134,11 @@ class Sessions:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _lock(self, session: str) -> asyncio.Lock:
+    def _lock(self, session: str) -> _SessionLock:
+        """The lock that serializes `session`'s operations (shared while anyone holds or awaits it)."""
         lock = self._locks.get(session)
         if lock is None:
-            lock = self._locks[session] = asyncio.Lock()
+            lock = self._locks[session] = _SessionLock(self._locks, session)
         return lock
 
     def _remember(self, session: str, folded: Folded) -> None:

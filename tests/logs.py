@@ -12,7 +12,7 @@ from environments.counter import env as counter_env
 from eventsourced_env import ArgumentsInvalid, ToolNotFound
 from eventsourced_env.events import Event, decode_event, make_event
 from eventsourced_env.sessions import Sessions
-from eventsourced_env.sqlite_store import SCHEMA, SqliteStore
+from eventsourced_env.sqlite_store import INSERT_EVENT, SCHEMA, SqliteStore
 from tests.conftest import row
 
 
@@ -96,7 +96,7 @@ def build_big_log(db: Path, sessions: int, calls: int) -> int:
         events.append(make_event(events[-1].hash, calls + 2, "verified", at + 0.5, verified))
         conn.execute("INSERT INTO sessions VALUES (?, ?, ?)", (session, "counter", at))
         conn.executemany(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            INSERT_EVENT,
             [(session, e.seq, e.kind, e.at, e.hash, e.body) for e in events],
         )
     conn.execute("COMMIT")

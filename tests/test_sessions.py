@@ -79,6 +79,23 @@ async def test_calls_of_one_session_are_serialized(
     assert [e.seq for e in events] == list(range(1, 52))
     assert first_broken_link(events) is None
     assert await sessions.call(sid, "get_counter_value", {}) == {"count": sum(range(1, 51))}
+    assert sessions._locks == {}  # a session's lock is let go once nobody holds or awaits it
+
+
+async def test_a_cancelled_waiter_lets_go_of_the_session_lock(
+    store: SqliteStore, counter: Environment[Any, Any]
+) -> None:
+    sessions = Sessions(counter, store)
+    sid = await sessions.seed(row(initial=0))
+    first = asyncio.ensure_future(sessions.call(sid, "increment_counter", {"count": 1}))
+    waiter = asyncio.ensure_future(sessions.call(sid, "increment_counter", {"count": 2}))
+    await asyncio.sleep(0)  # the first holds the lock (awaiting its commit), the second waits for it
+    waiter.cancel()
+    assert await first == {"success": True}
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert sessions._locks == {}
+    assert await sessions.call(sid, "get_counter_value", {}) == {"count": 1}
 
 
 async def test_evicted_and_restarted_sessions_rebuild_from_the_log(

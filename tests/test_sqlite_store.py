@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from eventsourced_env import ConfigError, Conflict, SqliteStore, StoreUnavailable
 from eventsourced_env.events import Event, first_broken_link, make_event
+from eventsourced_env.sqlite_store import INSERT_EVENT
 
 
 def log(n: int, env: str = "counter", start: float = 100.0) -> list[Event]:
@@ -111,3 +113,29 @@ async def test_a_full_disk_is_unavailable_writes_nothing_and_recovers(store: Sql
 async def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="folder does not exist"):
         SqliteStore(tmp_path / "no" / "such" / "log.db")
+
+
+async def test_a_log_in_the_earlier_layout_is_still_read_and_appended_to(db_path: Path) -> None:
+    # Logs written before events got a rowid were keyed by (session, seq) alone.
+    conn = sqlite3.connect(db_path)
+    conn.executescript(
+        """CREATE TABLE events (session TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+               at REAL NOT NULL, hash TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (session, seq)
+           ) WITHOUT ROWID;
+           CREATE TABLE sessions (id TEXT PRIMARY KEY, env TEXT NOT NULL, created_at REAL NOT NULL);"""
+    )
+    events = log(3)
+    conn.executemany(INSERT_EVENT, [("s", e.seq, e.kind, e.at, e.hash, e.body) for e in events[:2]])
+    conn.execute("INSERT INTO sessions VALUES ('s', 'counter', 100.0)")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(db_path)
+    try:
+        assert await store.read("s") == events[:2]
+        await store.append("s", events[2:])
+        with pytest.raises(Conflict):
+            await store.append("s", events[2:])
+        assert await store.read("s") == events
+        assert [(i.id, i.last_seq) for i in await store.sessions()] == [("s", 3)]
+    finally:
+        await store.close()

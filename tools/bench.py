@@ -213,7 +213,7 @@ def write_counter_log(db: Path, events: int, per_session: int = 11) -> list[str]
     from environments.counter import env
     from eventsourced_env.environment import Context
     from eventsourced_env.events import SEEDED, TOOL_CALLED, make_event
-    from eventsourced_env.sqlite_store import SCHEMA
+    from eventsourced_env.sqlite_store import INSERT_EVENT, SCHEMA
 
     conn = sqlite3.connect(db, isolation_level=None)
     conn.executescript(SCHEMA)
@@ -246,9 +246,9 @@ def write_counter_log(db: Path, events: int, per_session: int = 11) -> list[str]
             rows.append((session, event.seq, event.kind, event.at, event.hash, event.body))
         n += min(per_session, events - n)
         if len(rows) >= 50_000:
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(INSERT_EVENT, rows)
             rows.clear()
-    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany(INSERT_EVENT, rows)
     conn.execute("COMMIT")
     conn.close()
     return sessions
