@@ -35,10 +35,20 @@ def test_both_servers_play_rollouts_without_errors(tmp_path: Path) -> None:
 
 def test_main_prints_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--concurrency", "2", "--rounds", "1", "--rollouts", "4", "--replay-events", "50"]
-    argv += ["--memory-sessions", "5,10", "--cold-events", "30"]
+    argv += ["--memory-sessions", "5,10", "--cold-events", "30", "--skip-instructions"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "|     2 | ratio" in out
     assert "Replay of 50 events" in out
     assert "RSS after 10 sessions" in out
     assert "Cold rebuild of a 30-event session" in out
+
+
+@pytest.mark.slow
+def test_instructions_per_call_are_counted_for_both_servers(tmp_path: Path) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as loadgen:
+        counts = bench.bench_instructions(loadgen, concurrency=4, rollouts=8, increments=2, tmp=tmp_path)
+    # Serving a call takes well over 10k instructions in Python, and well under 100M.
+    assert set(counts) == {"ours", "ceiling"}
+    assert all(10_000 < n < 100_000_000 for n in counts.values())

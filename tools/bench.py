@@ -11,6 +11,10 @@ calls/s, p50, p99 and the server's CPU time per call (user + system of the serve
 threads, from /proc/PID/stat), then ours/ceiling. Ratios, and CPU per call, are the figures to
 compare across machines; absolute throughput depends on what else runs.
 
+Instructions: the same load on each server run under valgrind's callgrind, which counts the
+user-space instructions per call (kernel time excluded); unlike CPU time, the count does not move
+with what else the machine is doing (skipped, with a note, where valgrind is not installed).
+
 Replay: folds every session of a log of N counter events (`replay_fold`, what `esenv replay`
 does) against a raw-read ceiling (one SELECT of every payload and `orjson.loads`). Memory: our
 server's RSS after serving 10,000 sessions and after 100,000 (the state cache is bounded by
@@ -24,13 +28,14 @@ import asyncio
 import multiprocessing
 import os
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +61,9 @@ def raise_fd_limit() -> None:
 class Server:
     """A server process that prints its URL on stdout when ready."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], prefix: Sequence[str] = ()) -> None:
         self.name = name
+        argv = [*prefix, *argv]
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -68,15 +74,16 @@ class Server:
             raise RuntimeError(f"{name} did not start: {' '.join(argv)}")
 
     @classmethod
-    def ours(cls, db: Path, *extra: str) -> Server:
-        """`esenv serve counter` on a free port, logging to `db`."""
+    def ours(cls, db: Path, *extra: str, prefix: Sequence[str] = ()) -> Server:
+        """`esenv serve counter` on a free port, logging to `db` (run under `prefix`, e.g. valgrind)."""
         argv = [sys.executable, "-m", "eventsourced_env", "serve", "counter", "--db", str(db), "--port", "0"]
-        return cls("ours", [*argv, *extra])
+        return cls("ours", [*argv, *extra], prefix)
 
     @classmethod
-    def ceiling(cls) -> Server:
+    def ceiling(cls, prefix: Sequence[str] = ()) -> Server:
         """The bare-aiohttp ceiling on a free port."""
-        return cls("ceiling", [sys.executable, str(ROOT / "tools" / "ceiling_server.py"), "--port", "0"])
+        argv = [sys.executable, str(ROOT / "tools" / "ceiling_server.py"), "--port", "0"]
+        return cls("ceiling", argv, prefix)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process (all its threads) so far."""
@@ -201,6 +208,39 @@ def bench_http(
     return tallies
 
 
+def bench_instructions(
+    loadgen: ProcessPoolExecutor, concurrency: int, rollouts: int, increments: int, tmp: Path
+) -> dict[str, float]:
+    """Instructions per call of each server, counted by valgrind's callgrind: {name: instructions}.
+
+    Each server runs under callgrind (about 50 times slower), plays a few rollouts to warm up, has
+    its counters zeroed, plays `rollouts`, and dumps. The count is of user-space instructions only
+    (no kernel time: sockets, fsync), but it is the same run after run, however busy the machine.
+    """
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
+    counts = {}
+    for name in ("ours", "ceiling"):
+        dump = tmp / f"callgrind-{name}.out"
+        prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"]
+        server = Server.ours(tmp / "instr.db", prefix=prefix) if name == "ours" else Server.ceiling(prefix)
+        try:
+            loadgen.submit(play, server.url, concurrency, concurrency, increments, 99).result()
+            control = ["callgrind_control", "--zero", str(server.proc.pid)]
+            subprocess.run(control, check=True, capture_output=True)
+            r = loadgen.submit(play, server.url, rollouts, concurrency, increments, 0).result()
+            control[1] = "--dump"
+            subprocess.run(control, check=True, capture_output=True)
+        finally:
+            server.stop()
+        if r.errors:
+            raise RuntimeError(f"{server.name} under callgrind had errors: {r.errors[:3]}")
+        [part] = [p for p in tmp.glob(dump.name + ".*")]  # the dump of the counted rollouts alone
+        summary = next(line for line in part.read_text().splitlines() if line.startswith("summary:"))
+        counts[server.name] = int(summary.split()[1]) / r.calls
+    return counts
+
+
 # -- the event log: replay, cold rebuild ----------------------------------------------------------
 
 
@@ -287,10 +327,15 @@ def replay_fold(db: Path) -> int:
     from eventsourced_env.snapshot import Filters, Snapshot
 
     n = 0
+
+    def logs(view: Snapshot) -> Iterator[tuple[str, list[Any]]]:
+        nonlocal n
+        for log in view.sessions(Filters()):  # one session at a time, as `esenv replay` reads them
+            n += len(log.events)
+            yield log.summary.id, log.events
+
     with Snapshot(db) as view:
-        logs = [(log.summary.id, log.events) for log in view.sessions(Filters())]
-        n = sum(len(events) for _, events in logs)
-        for divergence in replay_logs(logs, lambda name: env, view.snapshots):
+        for divergence in replay_logs(logs(view), lambda name: env, view.snapshots):
             if divergence is not None:
                 raise RuntimeError(divergence.describe())
     return n
@@ -447,7 +492,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=["FULL", "NORMAL"],
         help="Our server's SQLite synchronous mode: FULL survives power loss, NORMAL a process crash.",
     )
+    parser.add_argument(
+        "--instructions-rollouts",
+        type=int,
+        default=200,
+        help="Rollouts (at 64 concurrent) counted under callgrind for instructions per call.",
+    )
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-instructions", action="store_true", help="Skip the callgrind count.")
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
@@ -479,6 +531,19 @@ def main(argv: list[str] | None = None) -> int:
                 for c, rate in rates.items():
                     if c != 64:
                         print(f"ours at {c} concurrent: {rate / rates[64]:.2f}x its 64-concurrent throughput")
+        if not args.skip_instructions:
+            try:
+                counts = bench_instructions(loadgen, 64, args.instructions_rollouts, args.increments, tmp)
+            except RuntimeError as e:
+                print(f"\nInstructions per call: skipped ({e})")
+            else:
+                ours, ceiling = counts["ours"], counts["ceiling"]
+                print(
+                    f"\nInstructions per call (callgrind, user space, {args.instructions_rollouts} rollouts "
+                    f"at 64 concurrent): ours {ours / 1000:,.0f}k, ceiling {ceiling / 1000:,.0f}k, "
+                    f"ratio {ours / ceiling:.2f}x"
+                )
+            sys.stdout.flush()
         if not args.skip_replay:
             fold_rate, raw_rate = bench_replay(args.replay_events, 3, tmp)
             print(
