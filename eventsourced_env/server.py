@@ -160,7 +160,8 @@ async def call_tool(request: web.Request) -> web.Response:
     if key is not None and not 0 < len(key) <= 256:
         raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1 to 256 characters")
     body = await _body(request)
-    observation = await request.app[SESSIONS].call(_incoming(request), request.match_info["tool"], body, key)
+    tool = request.match_info.get("tool") or request.path[1:]  # `/{tool}`, or the tool's own route
+    observation = await request.app[SESSIONS].call(_incoming(request), tool, body, key)
     return _json(observation)
 
 
@@ -332,6 +333,9 @@ def create_app(
 
         app.cleanup_ctx.append(evict_idle)
     for method, path, handler in ROUTES:
+        if path == "/{tool}":  # each tool also by its own path (never a reserved one): one lookup
+            for name in env.tools:
+                app.router.add_route(method, "/" + name, handler)
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/ng-rollout/{rollout_id}" + path, handler)
 
