@@ -34,7 +34,8 @@ __all__ = ["INSERT_EVENT", "SCHEMA", "SqliteStore"]
 
 R = TypeVar("R")
 
-SCHEMA = """
+_EVENTS_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS events_by_session ON events (session, seq);"
+SCHEMA = f"""
 -- Events in the order they were committed, so a batch fills the table's last pages instead of one
 -- page per session it touches (a third less CPU per commit); the unique index finds a session's
 -- events and refuses a seq taken twice.
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS events (
     hash TEXT NOT NULL,
     body BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_session ON events (session, seq);
+{_EVENTS_INDEX}
 -- An insert-only index of the seeded events, so sessions can be listed without reading bodies.
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -113,7 +114,10 @@ class SqliteStore(Store):
         self._closed = False
         self._writer = self._connect()
         try:
-            self._writer.executescript(SCHEMA)
+            columns = {row[1] for row in self._writer.execute("PRAGMA table_info(events)")}
+            # A log in the earlier layout, keyed by (session, seq), needs no second index for that.
+            legacy = bool(columns) and "id" not in columns
+            self._writer.executescript(SCHEMA.replace(_EVENTS_INDEX, "") if legacy else SCHEMA)
         except sqlite3.Error as e:
             self._writer.close()
             raise ConfigError(f"cannot use {self.path!r} as an event store: {e}") from e

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -139,3 +140,12 @@ async def test_a_log_in_the_earlier_layout_is_still_read_and_appended_to(db_path
         assert [(i.id, i.last_seq) for i in await store.sessions()] == [("s", 3)]
     finally:
         await store.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:  # its key serves: no second index was built
+        assert [row[1] for row in conn.execute("PRAGMA index_list(events)")] == ["sqlite_autoindex_events_1"]
+
+
+async def test_a_new_log_indexes_its_events_by_session_and_seq(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert [row[1] for row in conn.execute("PRAGMA index_list(events)")] == ["events_by_session"]
