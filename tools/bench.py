@@ -235,7 +235,7 @@ def bench_instructions(
             server.stop()
         if r.errors:
             raise RuntimeError(f"{server.name} under callgrind had errors: {r.errors[:3]}")
-        [part] = [p for p in tmp.glob(dump.name + ".*")]  # the dump of the counted rollouts alone
+        [part] = tmp.glob(dump.name + ".*")  # the dump of the counted rollouts alone
         summary = next(line for line in part.read_text().splitlines() if line.startswith("summary:"))
         counts[server.name] = int(summary.split()[1]) / r.calls
     return counts
