@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,12 @@ from click.core import ParameterSource
 
 from .environment import Environment, Performer
 from .errors import ConfigError, EnvError
-from .events import Event
 from .export import FORMATS, Progress, export
 from .judge import API_PATHS, JudgeClient, JudgeConfig
 from .loader import bundled, load_environment
 from .nemo import ServerSettings, find_server, from_environment, read_config
-from .replay import ReplayReport, replay_logs, reverify_logs
+from .parallel import default_jobs, replay_file, reverify_file
+from .replay import ReplayReport
 from .server import DEFAULT_MAX_BODY, check_exposure, create_app, serve
 from .snapshot import STATUSES, Filters, Snapshot, parse_time
 from .sqlite_store import SqliteStore
@@ -309,31 +309,34 @@ def _resolver(spec: str | None) -> Callable[[str], Environment[Any, Any] | None]
     return resolve
 
 
-def _logs(
-    db: str, sessions: tuple[str, ...], env_spec: str | None
-) -> tuple[int, Iterator[tuple[str, list[Event]]], Snapshot]:
-    """How many sessions will be read, their logs, and the read-only view of the log they come from."""
+def _session_ids(db: str, sessions: tuple[str, ...], env_spec: str | None) -> list[str]:
+    """The sessions to visit, oldest first: those named (known or not: an unknown one is reported),
+    else every session of the log, or of `env_spec`'s environment."""
     filters = Filters(env=load_environment(env_spec).name if env_spec else None, sessions=sessions)
-    snapshot = Snapshot(db)
-
-    def logs() -> Iterator[tuple[str, list[Event]]]:
-        with snapshot:
-            found = set()
-            for log in snapshot.sessions(filters):
-                found.add(log.summary.id)
-                yield log.summary.id, log.events
-        yield from ((session, []) for session in sessions if session not in found)  # unknown ids
-
-    return (len(set(sessions)) if sessions else snapshot.count(filters)), logs(), snapshot
+    with Snapshot(db) as view:
+        found = view.ids(filters)
+    known = set(found)
+    return found + [session for session in dict.fromkeys(sessions) if session not in known]
 
 
-def _progress(total: int, logs: Iterator[tuple[str, list[Event]]]) -> Iterator[tuple[str, list[Event]]]:
-    """The logs, with a progress bar on a terminal."""
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar's `update` on a terminal (None elsewhere)."""
     if not sys.stderr.isatty():
-        yield from logs
+        yield None
         return
-    with click.progressbar(logs, length=total, label="replaying", file=sys.stderr) as bar:
-        yield from bar
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+_jobs_option = click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default="0: one per core",
+    help="Worker processes; sessions are checked in parallel, reported in order.",
+)
 
 
 @cli.command(name="replay")
@@ -343,9 +346,10 @@ def _progress(total: int, logs: Iterator[tuple[str, list[Event]]]) -> Iterator[t
     "--env", "env_spec", default=None, help="Only this environment's sessions, with this implementation."
 )
 @click.option("--json", "as_json", is_flag=True, help="A JSON report instead of text.")
+@_jobs_option
 @click.pass_context
 def replay_command(
-    ctx: click.Context, sessions: tuple[str, ...], db: str, env_spec: str | None, as_json: bool
+    ctx: click.Context, sessions: tuple[str, ...], db: str, env_spec: str | None, as_json: bool, jobs: int
 ) -> None:
     """Rebuild sessions from the log and check every observation and the hash chain.
 
@@ -358,14 +362,15 @@ def replay_command(
         esenv replay --db runs.db
         esenv replay --db runs.db SESSION_ID --json
     """
-    total, logs, view = _logs(db, sessions, env_spec)
+    ids = _session_ids(db, sessions, env_spec)
     report = ReplayReport()
-    for divergence in replay_logs(_progress(total, logs), _resolver(env_spec), view.snapshots):
-        report.sessions += 1
-        if divergence is not None:
-            report.divergences.append(divergence)
-            if not as_json:
-                click.echo(divergence.describe())
+    with _progress(len(ids), "replaying") as progress:
+        for _, divergence in replay_file(db, ids, _resolver(env_spec), jobs or default_jobs(), progress):
+            report.sessions += 1
+            if divergence is not None:
+                report.divergences.append(divergence)
+                if not as_json:
+                    click.echo(divergence.describe())
     if as_json:
         click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2))
     elif report.ok:
@@ -385,8 +390,9 @@ def replay_command(
 @click.option(
     "--rejudge",
     is_flag=True,
-    help="Ask the judge again rather than reuse recorded judgments (needs a judge).",
+    help="Ask the judge again rather than reuse recorded judgments (needs a judge; one process).",
 )
+@_jobs_option
 @_judge_options
 @click.pass_context
 def reverify_command(
@@ -397,6 +403,7 @@ def reverify_command(
     as_json: bool,
     fail_on_change: bool,
     rejudge: bool,
+    jobs: int,
     **judge_options: Any,
 ) -> None:
     """Score every verified session again with the current verifier; report each reward that moved.
@@ -418,8 +425,9 @@ def reverify_command(
                 "--rejudge needs a judge: give --judge-model, --judge-base-url (or ESENV_JUDGE_*)"
             )
         performers = judge.performers()
-    total, logs, _ = _logs(db, (), env_spec)
-    report = reverify_logs(_progress(total, logs), _resolver(env_spec), performers)
+    ids = _session_ids(db, (), env_spec)
+    with _progress(len(ids), "re-verifying") as progress:
+        report = reverify_file(db, ids, _resolver(env_spec), performers, jobs or default_jobs(), progress)
     summary = report.to_json()
     if as_json:
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
@@ -465,8 +473,8 @@ def save_replay_command(session: str, db: str, out: str, force: bool) -> None:
         raise click.ClickException(f"{out} exists; give --force to overwrite it")
     if not path.parent.is_dir():
         raise click.ClickException(f"the folder of {out} does not exist")
-    _, logs, _ = _logs(db, (session,), None)
-    [(_, events)] = list(logs)
+    with Snapshot(db) as view:
+        events = view.events(session)
     if not events:
         raise ConfigError(f"no session {session!r} in {db}")
     write_replay(path, events)

@@ -191,6 +191,7 @@ class Snapshot:
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
         except sqlite3.Error as e:
             raise ConfigError(f"cannot open the event log {str(db)!r}: {e}") from e
+        self._snapshotted: set[str] | None = None
         try:
             self._conn.execute("BEGIN")
             # The first read pins the WAL snapshot; every later read in this transaction sees it.
@@ -216,7 +217,24 @@ class Snapshot:
 
     def snapshots(self, session: str) -> dict[int, bytes]:
         """The session's stored state snapshots by seq (derived data, for replay to check)."""
+        if self._snapshotted is None:  # few sessions have any: one query, not one per session
+            self._snapshotted = {s for (s,) in self._conn.execute("SELECT DISTINCT session FROM snapshots")}
+        if session not in self._snapshotted:
+            return {}
         return SqliteStore.snapshots_sync(self._conn, session)
+
+    def events(self, session: str) -> list[Event]:
+        """One session's events in seq order (none if the log has no such session)."""
+        return SqliteStore.read_sync(self._conn, session)
+
+    def ids(self, filters: Filters) -> list[str]:
+        """The ids of the sessions that pass the filters on the session index, oldest first.
+
+        Like `count()`, before the filters that depend on events (status, verified).
+        """
+        where, params = filters._where()
+        sql = "SELECT id FROM sessions" + where + " ORDER BY created_at, id"
+        return [id for (id,) in self._conn.execute(sql, params)]
 
     def count(self, filters: Filters) -> int:
         """How many sessions pass the filters on the session index (before status filters)."""
@@ -236,7 +254,7 @@ class Snapshot:
             "SELECT id, env, created_at FROM sessions" + where + " ORDER BY created_at, id", params
         )
         for id, env, created_at in cursor:
-            events = SqliteStore.read_sync(self._conn, id)
+            events = self.events(id)
             if progress is not None:
                 progress(1)
             summary = SessionSummary.of(id, env, created_at, events)

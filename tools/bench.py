@@ -316,29 +316,23 @@ def _logs(db: Path) -> Iterator[list[Any]]:
         conn.close()
 
 
-def replay_fold(db: Path) -> int:
-    """What `esenv replay` does to the log at `db`; the number of events replayed.
+def replay_fold(db: Path, jobs: int = 0) -> int:
+    """What `esenv replay` does to the log at `db` (`jobs` processes; 0: one per core); the events replayed.
 
-    Every session read from one read-only snapshot, its hash chain checked, every call re-run and
-    its observation compared with the record, its state snapshots checked.
+    Every session read from a read-only snapshot, its hash chain checked, every call re-run and its
+    observation compared with the record, its state snapshots checked.
     """
     from environments.counter import env
-    from eventsourced_env.replay import replay_logs
+    from eventsourced_env.parallel import default_jobs, replay_file
     from eventsourced_env.snapshot import Filters, Snapshot
 
-    n = 0
-
-    def logs(view: Snapshot) -> Iterator[tuple[str, list[Any]]]:
-        nonlocal n
-        for log in view.sessions(Filters()):  # one session at a time, as `esenv replay` reads them
-            n += len(log.events)
-            yield log.summary.id, log.events
-
     with Snapshot(db) as view:
-        for divergence in replay_logs(logs(view), lambda name: env, view.snapshots):
-            if divergence is not None:
-                raise RuntimeError(divergence.describe())
-    return n
+        ids = view.ids(Filters())
+        (n,) = view._conn.execute("SELECT count(*) FROM events").fetchone()
+    for _, divergence in replay_file(db, ids, lambda name: env, jobs or default_jobs()):
+        if divergence is not None:
+            raise RuntimeError(divergence.describe())
+    return int(n)
 
 
 def raw_read(db: Path) -> int:

@@ -1,0 +1,132 @@
+"""Working through a log file's sessions on every core: replay and re-verify, split by session.
+
+Sessions are independent of one another, so checking a log is embarrassingly parallel.
+`map_sessions` cuts the list of sessions to visit into chunks, in order, and runs `work(view,
+chunk)` on each: in this process when `jobs` is 1 (or there is only one chunk), else in `jobs`
+forked worker processes, each reading through a read-only `Snapshot` of its own. Results come back
+in the listed order either way, so a report is the same whatever `jobs` is.
+
+Each worker's snapshot is pinned when it first reads. On a log that a server is still appending
+to, a session may therefore be read a few events longer than it was when the list was made: still
+a whole prefix of its log, which is all that replay and re-verify check.
+
+Sits on top, beside `cli` (which it serves); imports `replay` and `snapshot`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .environment import Performer
+from .replay import Divergence, Resolver, ReverifyReport, replay_logs, reverify_logs
+from .snapshot import Snapshot
+
+__all__ = ["CHUNK", "default_jobs", "map_sessions", "replay_file", "reverify_file"]
+
+R = TypeVar("R")
+Work = Callable[[Snapshot, list[str]], R]
+
+#: Sessions per chunk: big enough that handing a chunk to a worker costs nothing next to replaying
+#: it, small enough that the workers finish together and a progress bar moves.
+CHUNK = 256
+
+
+def default_jobs() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# The worker process's read-only view and its work, set once when the worker starts.
+_worker: tuple[Snapshot, Work[Any]] | None = None
+
+
+def _start_worker(db: Path, work: Work[Any]) -> None:
+    global _worker
+    _worker = (Snapshot(db), work)
+
+
+def _run_chunk(chunk: list[str]) -> Any:
+    assert _worker is not None, "runs in a worker started by map_sessions"
+    view, work = _worker
+    return work(view, chunk)
+
+
+def map_sessions(
+    db: str | Path,
+    ids: Sequence[str],
+    work: Work[R],
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[R]:
+    """`work(view, chunk)` for each chunk of `ids` in order, on `jobs` processes; each chunk's result.
+
+    `progress(n)` is called as each chunk of n sessions is done. Worker processes are forked, so
+    `work` may be a closure over anything already loaded (environments, resolvers).
+    """
+    path = Path(db)
+    chunks = [list(ids[i : i + CHUNK]) for i in range(0, len(ids), CHUNK)]
+    jobs = min(jobs, len(chunks))
+    if jobs <= 1:
+        with Snapshot(path) as view:
+            for chunk in chunks:
+                result = work(view, chunk)
+                if progress is not None:
+                    progress(len(chunk))
+                yield result
+        return
+    # Fork: the workers inherit `work` and what it closes over, nothing is pickled but the ids.
+    with multiprocessing.get_context("fork").Pool(jobs, _start_worker, (path, work)) as pool:
+        for chunk, result in zip(chunks, pool.imap(_run_chunk, chunks), strict=True):
+            if progress is not None:
+                progress(len(chunk))
+            yield result
+
+
+def replay_file(
+    db: str | Path,
+    ids: Sequence[str],
+    resolve: Resolver,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[str, Divergence | None]]:
+    """Replay the sessions `ids` of the log at `db`: each session and its first divergence (or None).
+
+    Stored state snapshots are checked too. An id the log does not have is a divergence.
+    """
+
+    def work(view: Snapshot, chunk: list[str]) -> list[tuple[str, Divergence | None]]:
+        logs = ((session, view.events(session)) for session in chunk)
+        return list(zip(chunk, replay_logs(logs, resolve, view.snapshots), strict=True))
+
+    for part in map_sessions(db, ids, work, jobs, progress):
+        yield from part
+
+
+def reverify_file(
+    db: str | Path,
+    ids: Sequence[str],
+    resolve: Resolver,
+    performers: Mapping[str, Performer] | None = None,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> ReverifyReport:
+    """Re-verify the verified sessions among `ids` of the log at `db` (see `reverify_logs`).
+
+    With `performers` (re-judging: live clients, not to be forked) it runs in this process only.
+    """
+
+    def work(view: Snapshot, chunk: list[str]) -> ReverifyReport:
+        return reverify_logs(((session, view.events(session)) for session in chunk), resolve, performers)
+
+    report = ReverifyReport([], [])
+    for part in map_sessions(db, ids, work, 1 if performers is not None else jobs, progress):
+        report.results.extend(part.results)
+        report.errors.extend(part.errors)
+    return report
