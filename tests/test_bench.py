@@ -18,7 +18,7 @@ def test_write_counter_log_replays_and_raw_reads_every_event(tmp_path: Path) -> 
     db = tmp_path / "log.db"
     sessions = bench.write_counter_log(db, 100, per_session=11)
     assert len(sessions) == 10
-    assert bench.replay_fold(db) == bench.raw_read(db) == 100
+    assert bench.replay_fold(db) == bench.replay_fold(db, jobs=1) == bench.raw_read(db) == 100
 
 
 def test_both_servers_play_rollouts_without_errors(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_main_prints_every_section(tmp_path: Path, capsys: pytest.CaptureFixture
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "|     2 | ratio" in out
-    assert "Replay of 50 events" in out
+    assert "Replay of 50 events" in out and "with --jobs 1" in out
     assert "RSS after 10 sessions" in out
     assert "Cold rebuild of a 30-event session" in out
 
