@@ -11,6 +11,7 @@ Layers, each importing only those below it (DESIGN.md):
     testing       golden replays and snapshot tests                             (uses replay, sessions)
     snapshot      a consistent, read-only view of a log file                    (uses sqlite_store)
     export, stats exports and figures for analysis                            (use snapshot, metrics)
+    parallel      replay and re-verify a log file on every core                 (uses replay, snapshot)
     judge         the OpenAI-compatible judge client, a performer of effects    (uses errors only)
     server, cli   the HTTP server and the command line; nemo, NeMo Gym's launcher (on top)
 
