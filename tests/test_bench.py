@@ -30,7 +30,7 @@ def test_both_servers_play_rollouts_without_errors(tmp_path: Path) -> None:
         assert t.errors == []
         assert t.perfect == t.rollouts == 20
         assert t.calls == 20 * 5
-        assert t.cpu > 0
+        assert t.cpu > 0 and t.loadgen_cpu > 0
 
 
 def test_main_prints_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

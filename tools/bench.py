@@ -121,6 +121,8 @@ class Round:
     errors: list[str]
     perfect: int
     rollouts: int
+    #: CPU time (user + system) of the load generator's own process over the run, s.
+    loadgen_cpu: float = 0.0
 
 
 def play(url: str, rollouts: int, concurrency: int, increments: int, seed: int) -> Round:
@@ -128,9 +130,11 @@ def play(url: str, rollouts: int, concurrency: int, increments: int, seed: int) 
     from tools.loadgen import run
 
     raise_fd_limit()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     results = asyncio.run(run(url, rollouts, concurrency, increments, seed))
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
     latencies = [x for r in results for x in r.latencies]
     return Round(
         calls=len(latencies),
@@ -139,6 +143,7 @@ def play(url: str, rollouts: int, concurrency: int, increments: int, seed: int) 
         errors=[e for r in results for e in r.errors],
         perfect=sum(r.reward == 1.0 for r in results),
         rollouts=len(results),
+        loadgen_cpu=after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
     )
 
 
@@ -153,9 +158,11 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     perfect: int = 0
     rollouts: int = 0
+    loadgen_cpu: float = 0.0
 
     def add(self, r: Round, cpu: float) -> None:
         """Count one round and the server CPU time it cost."""
+        self.loadgen_cpu += r.loadgen_cpu
         self.calls += r.calls
         self.seconds += r.seconds
         self.cpu += cpu
@@ -424,7 +431,8 @@ def print_http(concurrency: int, tallies: dict[str, Tally]) -> None:
     for name, t in (("ours", ours), ("ceiling", ceiling)):
         print(
             f"| {concurrency:>5} | {name:<7} | {t.rate:>8.0f} | {t.pct(0.5):>7.1f} | {t.pct(0.99):>7.1f} "
-            f"| {t.cpu_per_call_us:>7.0f} | {len(t.errors):>6} | {t.perfect}/{t.rollouts} |"
+            f"| {t.cpu_per_call_us:>7.0f} | {len(t.errors):>6} | {t.perfect}/{t.rollouts} "
+            f"| {t.loadgen_cpu / t.calls * 1e6 if t.calls else 0:>7.0f} |"
         )
 
     def ratio(a: float, b: float) -> str:
@@ -433,7 +441,7 @@ def print_http(concurrency: int, tallies: dict[str, Tally]) -> None:
     print(
         f"| {concurrency:>5} | ratio   | {ratio(ours.rate, ceiling.rate):>8} "
         f"| {ratio(ours.pct(0.5), ceiling.pct(0.5)):>7} | {ratio(ours.pct(0.99), ceiling.pct(0.99)):>7} "
-        f"| {ratio(ours.cpu_per_call_us, ceiling.cpu_per_call_us):>7} |        |  |"
+        f"| {ratio(ours.cpu_per_call_us, ceiling.cpu_per_call_us):>7} |        |  |  |"
     )
     for e in (ours.errors + ceiling.errors)[:5]:
         print(f"  error: {e}")
@@ -495,18 +503,25 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"+ 1 read + verify per rollout; each call committed (--sync {args.sync}) before its reply.\n"
             )
-            print("| conc. | server  |  calls/s | p50 ms  | p99 ms  | CPU µs/call | errors | reward 1.0 |")
-            print("|---|---|---|---|---|---|---|---|")
-            rates: dict[int, float] = {}
+            print(
+                "| conc. | server  |  calls/s | p50 ms  | p99 ms  | CPU µs/call | errors | reward 1.0 "
+                "| load gen. CPU µs/call |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|")
+            rates: dict[int, dict[str, float]] = {}
             for c in (int(x) for x in args.concurrency.split(",")):
                 tallies = bench_http(loadgen, c, args.rounds, args.rollouts, args.increments, tmp, args.sync)
                 print_http(c, tallies)
-                rates[c] = tallies["ours"].rate
+                rates[c] = {name: t.rate for name, t in tallies.items()}
                 sys.stdout.flush()
             if 64 in rates:
                 for c, rate in rates.items():
                     if c != 64:
-                        print(f"ours at {c} concurrent: {rate / rates[64]:.2f}x its 64-concurrent throughput")
+                        ours, ceiling = (rate[n] / rates[64][n] for n in ("ours", "ceiling"))
+                        print(
+                            f"at {c} concurrent: ours {ours:.2f}x its 64-concurrent throughput, "
+                            f"the ceiling {ceiling:.2f}x its own"
+                        )
         if not args.skip_instructions:
             try:
                 counts = bench_instructions(loadgen, 64, args.instructions_rollouts, args.increments, tmp)
