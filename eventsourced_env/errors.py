@@ -169,6 +169,10 @@ class EffectFailed(ToolError):
         super().__init__(detail)
         self.kind = kind
 
+    def __reduce__(self) -> tuple[type[EffectFailed], tuple[str, str], dict[str, object]]:
+        # Rebuilt with both arguments when unpickled (an error from a replay worker process).
+        return (type(self), (self.detail, self.kind), self.__dict__)
+
 
 class EffectDiverged(EnvError):
     """Raised on replay when code asks for an effect the log did not record, or with another request."""

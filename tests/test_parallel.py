@@ -96,3 +96,20 @@ def test_reverify_on_several_processes_reports_what_one_process_does(
     # expected 3: a count of 2 now scores 0.5 (within one); the tampered session is refused, not scored
     assert [(c["session"], c["old"], c["new"]) for c in reports[0]["changes"]] == [(ids[2], 0.0, 0.5)]
     assert [e["session"] for e in reports[0]["errors"]] == [ids[4]]
+
+
+def test_every_library_error_crosses_a_process_boundary_whole() -> None:
+    # A worker's error reaches the caller pickled: each must come back with all its fields.
+    import inspect
+    import pickle
+
+    from eventsourced_env import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.EnvError)]
+    assert len(classes) > 10
+    for cls in classes:
+        extra = [f"{p}!" for p in list(inspect.signature(cls.__init__).parameters)[2:]]
+        error = cls("what happened", *extra)
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is cls
+        assert (again.detail, vars(again), str(again)) == (error.detail, vars(error), str(error))
