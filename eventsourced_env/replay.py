@@ -108,7 +108,7 @@ def check_log(
                     orjson.loads(stored),
                     folded_now,
                 )
-    extra = sorted(set(snapshots or ()) - {e.seq for e in events})
+    extra = sorted(set(snapshots) - {e.seq for e in events}) if snapshots else None
     if extra:
         return Divergence(session, extra[0], "snapshot of an event the log does not have")
     return None
