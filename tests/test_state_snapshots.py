@@ -91,6 +91,21 @@ def test_replay_reports_a_forged_snapshot(db_path: Path, capsys: pytest.CaptureF
     }
 
 
+def test_replay_reports_a_snapshot_beyond_the_log(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sid = play(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE snapshots SET seq = 40 WHERE seq = 8")
+    conn.commit()
+    conn.close()
+    assert main(["replay", "--db", str(db_path), "--json"]) == 1
+    [divergence] = orjson.loads(capsys.readouterr().out)["divergences"]
+    assert (divergence["session"], divergence["seq"], divergence["reason"]) == (
+        sid,
+        40,
+        "snapshot of an event the log does not have",
+    )
+
+
 def test_a_snapshot_that_does_not_fit_the_log_is_ignored(db_path: Path) -> None:
     sid = play(db_path)
     rewrite(db_path, 8, hash="0" * 64, state={"count": 500})
