@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from eventsourced_env import ConfigError, Conflict, SqliteStore, StoreUnavailable
+from eventsourced_env import ConfigError, Conflict, SqliteStore, StoreUnavailable, sqlite_store
 from eventsourced_env.events import Event, first_broken_link, make_event
 from eventsourced_env.sqlite_store import INSERT_EVENT
 
@@ -149,3 +151,69 @@ async def test_a_new_log_indexes_its_events_by_session_and_seq(db_path: Path) ->
     await store.close()
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         assert [row[1] for row in conn.execute("PRAGMA index_list(events)")] == ["events_by_session"]
+
+
+# -- durability: the syncer fsyncs the WAL before any caller is answered ---------------------------
+
+
+def _syncer_pid(store: SqliteStore) -> int:
+    assert store._syncer is not None, "started by the first commit"
+    return store._syncer.pid
+
+
+async def test_a_call_is_answered_only_after_the_syncer_fsynced_it(store: SqliteStore) -> None:
+    events = log(2)
+    await store.append("s1", events[:1])
+    pid = _syncer_pid(store)
+    os.kill(pid, signal.SIGSTOP)  # an fsync that never ends
+    try:
+        waiting = asyncio.ensure_future(store.append("s1", events[1:]))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # committed (a reader can see it), but not yet answered
+        assert await store.read("s1") == events
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_lost_syncer_fails_the_calls_it_held_and_the_next_one_starts_anew(store: SqliteStore) -> None:
+    events = log(3)
+    await store.append("s1", events[:1])
+    pid = _syncer_pid(store)
+    os.kill(pid, signal.SIGSTOP)
+    waiting = asyncio.ensure_future(store.append("s1", events[1:2]))
+    await asyncio.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(StoreUnavailable, match="may or may not be recorded"):
+        await asyncio.wait_for(waiting, 5)
+    await store.append("s1", events[2:])  # a new syncer
+    assert _syncer_pid(store) != pid
+    assert await store.read("s1") == events  # the unacknowledged event was committed all the same
+
+
+async def test_a_failed_fsync_is_a_503_and_the_syncer_is_replaced(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = "import os\nwhile n := len(os.read(0, 65536)):\n    os.write(1, b'!' * n)\n    break\n"
+    monkeypatch.setattr(sqlite_store, "_SYNCER", failing)
+    store = SqliteStore(db_path)
+    try:
+        with pytest.raises(StoreUnavailable, match="could not be flushed"):
+            await store.append("s1", log(1))
+        assert store._syncer is None
+    finally:
+        monkeypatch.undo()
+        await store.close()
+
+
+async def test_close_stops_the_syncer_and_normal_or_memory_need_none(db_path: Path, tmp_path: Path) -> None:
+    store = SqliteStore(db_path)
+    await store.append("s1", log(1))
+    syncer = store._syncer
+    assert syncer is not None
+    await store.close()
+    assert syncer.returncode == 0
+    for other in (SqliteStore(tmp_path / "normal.db", synchronous="NORMAL"), SqliteStore(":memory:")):
+        await other.append("s1", log(1))
+        assert other._syncer is None
+        await other.close()

@@ -87,10 +87,22 @@ class Server:
         return cls("ceiling", argv, prefix)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process (all its threads) so far."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """User + system CPU time so far of the process (all its threads) and of its live children
+        (ours: the syncer, which fsyncs the log); children that exited count once reaped."""
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if entry.name == str(self.proc.pid):
+                total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+            elif fields[1] == str(self.proc.pid):
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return total
 
     def rss_bytes(self) -> int:
         """Resident memory of the process now."""
