@@ -2,9 +2,10 @@
 
 Appends from every session made during one turn of the event loop are collected; at the end of
 the turn the loop writes them in one transaction and commits once, and once that commit is on
-the disk (one fsync for the whole batch) wakes each caller. While the loop serves requests, new appends collect, so batches
-grow with load and durability costs little per call. Reads run on a small pool of threads, each
-with its own connection (WAL lets them read a consistent snapshot while the writer writes).
+the disk (one fsync for the whole batch) wakes each caller. While the loop serves requests, new
+appends collect, so batches grow with load and durability costs little per call. Reads run on a
+small pool of threads, each with its own connection (WAL lets them read a consistent snapshot
+while the writer writes).
 
 The commit runs on the loop's own thread, but the loop does not wait for the disk: with
 `synchronous=FULL` (the default) SQLite commits at `NORMAL` (the WAL written, not yet fsynced) and
@@ -168,6 +169,7 @@ class SqliteStore(Store):
         self._closed = False
         self._syncs = self.synchronous == "FULL" and self.path != ":memory:"
         self._syncer: subprocess.Popen[bytes] | None = None
+        self._syncer_loop: asyncio.AbstractEventLoop | None = None
         self._unsynced: deque[_Committed] = deque()
         self._writer = self._connect()
         if self._syncs:
@@ -257,6 +259,9 @@ class SqliteStore(Store):
 
     def _request_sync(self) -> None:
         """Ask the syncer (started if need be) for an fsync of the WAL; `_synced` gets the reply."""
+        loop = asyncio.get_running_loop()
+        if self._syncer is not None and self._syncer_loop is not loop:
+            self._drop_syncer()  # its replies go to a loop that is gone (a store used across asyncio.run)
         if self._syncer is None:
             syncer = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _SYNCER, self.path + "-wal"],
@@ -266,8 +271,8 @@ class SqliteStore(Store):
             )
             assert syncer.stdin is not None and syncer.stdout is not None
             os.set_blocking(syncer.stdout.fileno(), False)
-            asyncio.get_running_loop().add_reader(syncer.stdout.fileno(), self._synced)
-            self._syncer = syncer
+            loop.add_reader(syncer.stdout.fileno(), self._synced)
+            self._syncer, self._syncer_loop = syncer, loop
         assert self._syncer.stdin is not None
         self._syncer.stdin.write(b"s")
 
@@ -292,8 +297,8 @@ class SqliteStore(Store):
         syncer, self._syncer = self._syncer, None
         if syncer is not None:
             assert syncer.stdin is not None and syncer.stdout is not None
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(syncer.stdout.fileno())
+            if self._syncer_loop is not None and not self._syncer_loop.is_closed():
+                self._syncer_loop.remove_reader(syncer.stdout.fileno())
             syncer.stdin.close()
             try:
                 syncer.wait(timeout=5)
@@ -303,7 +308,8 @@ class SqliteStore(Store):
             syncer.stdout.close()
         while self._unsynced:
             batch, outcomes = self._unsynced.popleft()
-            _settle(batch, _unsynced(outcomes, OSError("the syncer stopped")))
+            with contextlib.suppress(RuntimeError):  # callers on a loop that is closed: none left
+                _settle(batch, _unsynced(outcomes, OSError("the syncer stopped")))
 
     @staticmethod
     def _write(conn: sqlite3.Connection, batch: list[_Append]) -> None:

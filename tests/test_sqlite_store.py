@@ -217,3 +217,23 @@ async def test_close_stops_the_syncer_and_normal_or_memory_need_none(db_path: Pa
         await other.append("s1", log(1))
         assert other._syncer is None
         await other.close()
+
+
+def test_a_store_used_from_two_event_loops_gets_a_syncer_on_each(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    events = log(2)
+    asyncio.run(asyncio.wait_for(store.append("s1", events[:1]), 5))
+    first = store._syncer
+    # Replies to the first loop's syncer would never be read: this would hang without a new one.
+    asyncio.run(asyncio.wait_for(store.append("s1", events[1:]), 5))
+    assert first is not None and store._syncer is not first and first.returncode == 0
+    asyncio.run(store.close())
+    assert asyncio.run(_read_all(db_path)) == events
+
+
+async def _read_all(db: Path) -> list[Event]:
+    store = SqliteStore(db)
+    try:
+        return await store.read("s1")
+    finally:
+        await store.close()
