@@ -166,14 +166,20 @@ async def test_a_call_is_answered_only_after_the_syncer_fsynced_it(store: Sqlite
     await store.append("s1", events[:1])
     pid = _syncer_pid(store)
     os.kill(pid, signal.SIGSTOP)  # an fsync that never ends
+    other = log(1, env="other")
     try:
         waiting = asyncio.ensure_future(store.append("s1", events[1:]))
         await asyncio.sleep(0.3)
         assert not waiting.done()  # committed (a reader can see it), but not yet answered
         assert await store.read("s1") == events
+        # One fsync in flight at a time: what comes meanwhile waits for it, then commits.
+        queued = asyncio.ensure_future(store.append("s2", other))
+        await asyncio.sleep(0.3)
+        assert not queued.done() and await store.read("s2") == []
     finally:
         os.kill(pid, signal.SIGCONT)
-    await asyncio.wait_for(waiting, 5)
+    await asyncio.wait_for(asyncio.gather(waiting, queued), 5)
+    assert await store.read("s2") == other
 
 
 async def test_a_lost_syncer_fails_the_calls_it_held_and_the_next_one_starts_anew(store: SqliteStore) -> None:
