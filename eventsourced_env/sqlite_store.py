@@ -20,8 +20,8 @@ and p99 from 1.63x to 1.43x against the loop waiting for each fsync, CPU per cal
 (the syncer's counted); holding the next commit until the fsync in flight is done then took CPU
 per call from 1.46x to 1.30x and throughput from 0.79x to 0.84x in another run. At 4,096
 concurrent rollouts the syncer costs instead: 0.85x the ceiling's throughput and 1.40x its CPU per
-call, against 0.98x and 1.20x with the loop waiting for each fsync (2 rounds, side by side); a
-loop that never waits wakes up for fewer replies at a time.
+call, against 0.98x and 1.20x with the loop waiting for each fsync (2 rounds, side by side).
+Why is not yet known; a loop that never waits may handle fewer requests per wake-up.
 
 A thread did worse than a process: a writer thread cost about 60 µs of CPU per call and a third
 of the throughput in GIL hand-offs with the loop; handing only the COMMIT, or only the fsync, to
