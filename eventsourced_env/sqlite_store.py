@@ -21,7 +21,11 @@ and p99 from 1.63x to 1.43x against the loop waiting for each fsync, CPU per cal
 per call from 1.46x to 1.30x and throughput from 0.79x to 0.84x in another run. At 4,096
 concurrent rollouts the syncer costs instead: 0.85x the ceiling's throughput and 1.40x its CPU per
 call, against 0.98x and 1.20x with the loop waiting for each fsync (2 rounds, side by side).
-Why is not yet known; a loop that never waits may handle fewer requests per wake-up.
+Why is not yet known; a loop that never waits may handle fewer requests per wake-up. So a batch
+of `INLINE_BATCH` (64) appends or more, which only high concurrency makes, is committed the old
+way, SQLite fsyncing on the loop: at 4,096 that measured 0.90x and 1.41x against 0.92x and 1.35x
+for the loop always waiting (within the noise), and at 64, where batches stay smaller and the
+syncer serves, 0.74x and p99 1.31x against 0.71x and 1.36x in a slow spell of the machine.
 
 A thread did worse than a process: a writer thread cost about 60 µs of CPU per call and a third
 of the throughput in GIL hand-offs with the loop; handing only the COMMIT, or only the fsync, to
@@ -102,6 +106,9 @@ FROM sessions s JOIN events e
 _UNAVAILABLE = ("disk is full", "readonly", "read-only", "locked", "disk i/o error", "unable to open")
 
 _Append = tuple[str, Sequence[Event], "asyncio.Future[None]"]
+#: Batches of at least this many appends are fsynced by SQLite on the loop, not by the syncer.
+INLINE_BATCH = 64
+
 _Committed = tuple[list[_Append], list["EnvError | None"]]  # a batch and each caller's outcome
 
 # The syncer: for each burst of requests on stdin, one fsync of the WAL file, then one reply byte
@@ -177,6 +184,7 @@ class SqliteStore(Store):
         self._syncer_loop: asyncio.AbstractEventLoop | None = None
         self._unsynced: _Committed | None = None  # the committed batch whose fsync is in flight
         self._syncing: asyncio.Future[None] | None = None  # done when that fsync is
+        self._inline = False  # the writer at synchronous=FULL for this batch (see INLINE_BATCH)
         self._writer = self._connect()
         if self._syncs:
             self._writer.execute("PRAGMA synchronous=NORMAL")  # the syncer makes each commit durable
@@ -246,6 +254,11 @@ class SqliteStore(Store):
                     self._writer.execute("ROLLBACK")
         if not batch:
             return
+        # A big batch is committed with SQLite's own fsync, on the loop (see the module docstring).
+        inline = self._syncs and len(batch) >= INLINE_BATCH
+        if inline != self._inline:
+            self._writer.execute(f"PRAGMA synchronous={'FULL' if inline else 'NORMAL'}")
+            self._inline = inline
         try:
             self._write(self._writer, batch)
             outcomes: list[EnvError | None] = [None] * len(batch)
@@ -258,7 +271,7 @@ class SqliteStore(Store):
                     outcomes.append(None)
                 except Exception as e:
                     outcomes.append(_translate(e, item[0]))
-        if self._syncs and None in outcomes:
+        if self._syncs and not inline and None in outcomes:
             try:
                 self._request_sync()
             except OSError as e:
