@@ -109,7 +109,9 @@ _Append = tuple[str, Sequence[Event], "asyncio.Future[None]"]
 #: Batches of at least this many appends are fsynced by SQLite on the loop, not by the syncer.
 INLINE_BATCH = 64
 
-_Committed = tuple[list[_Append], list["EnvError | None"]]  # a batch and each caller's outcome
+# A committed batch whose fsync is in flight: its appends, each caller's outcome, and a future
+# done when the fsync is.
+_InFlight = tuple[list[_Append], list["EnvError | None"], "asyncio.Future[None]"]
 
 # The syncer: for each burst of requests on stdin, one fsync of the WAL file, then one reply byte
 # per request: "." once durable, "!" if the fsync failed (then it exits: a file whose fsync failed
@@ -182,8 +184,7 @@ class SqliteStore(Store):
         self._syncs = self.synchronous == "FULL" and self.path != ":memory:"
         self._syncer: subprocess.Popen[bytes] | None = None
         self._syncer_loop: asyncio.AbstractEventLoop | None = None
-        self._unsynced: _Committed | None = None  # the committed batch whose fsync is in flight
-        self._syncing: asyncio.Future[None] | None = None  # done when that fsync is
+        self._in_flight: _InFlight | None = None
         self._inline = False  # the writer at synchronous=FULL for this batch (see INLINE_BATCH)
         self._writer = self._connect()
         if self._syncs:
@@ -237,7 +238,7 @@ class SqliteStore(Store):
         While a batch's fsync is in flight, appends wait for it (`_synced` then commits them): one
         commit and one fsync at a time, each covering all that collected meanwhile.
         """
-        if self._syncing is not None:
+        if self._in_flight is not None:
             if self._syncer_loop is asyncio.get_running_loop():
                 return
             self._drop_syncer()  # its fsync was asked on a loop that is gone (asyncio.run twice)
@@ -278,8 +279,7 @@ class SqliteStore(Store):
                 self._drop_syncer()
                 outcomes = _not_durable(outcomes, e)
             else:
-                self._unsynced = (batch, outcomes)
-                self._syncing = asyncio.get_running_loop().create_future()
+                self._in_flight = (batch, outcomes, asyncio.get_running_loop().create_future())
                 return
         _settle(batch, outcomes)
 
@@ -320,14 +320,12 @@ class SqliteStore(Store):
 
     def _finish_sync(self, failure: Exception | None) -> None:
         """Answer the batch whose fsync ended (a 503 each if it failed); commit the next one."""
-        committed, self._unsynced = self._unsynced, None
-        syncing, self._syncing = self._syncing, None
-        with contextlib.suppress(RuntimeError):  # callers on an event loop that is closed: none left
-            if committed is not None:
-                batch, outcomes = committed
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            batch, outcomes, synced = in_flight
+            with contextlib.suppress(RuntimeError):  # callers on an event loop that is closed: none left
                 _settle(batch, outcomes if failure is None else _not_durable(outcomes, failure))
-            if syncing is not None and not syncing.done():
-                syncing.set_result(None)
+                synced.set_result(None)
         if self._pending or self._snapshots:
             self._flush()
 
@@ -345,7 +343,7 @@ class SqliteStore(Store):
                 syncer.kill()
                 syncer.wait()
             syncer.stdout.close()
-        if self._syncing is not None:
+        if self._in_flight is not None:
             self._finish_sync(failure or OSError("the syncer stopped"))
 
     @staticmethod
@@ -448,8 +446,8 @@ class SqliteStore(Store):
             return
         self._closed = True
         self._flush()
-        while self._syncing is not None:  # the last fsyncs (each commits what waited on it)
-            await asyncio.wait([self._syncing])
+        while self._in_flight is not None:  # the last fsyncs (each commits what waited on it)
+            await asyncio.wait([self._in_flight[2]])
         self._drop_syncer()  # its stdin closed, it exits
         self._readers.shutdown(wait=True)
         with self._connections_lock:
