@@ -18,14 +18,16 @@ one before its reply; SQLite syncs checkpoints itself at NORMAL.) Measured side 
 concurrent rollouts (6 rounds each): the syncer took throughput from 0.82x the ceiling's to 0.90x
 and p99 from 1.63x to 1.43x against the loop waiting for each fsync, CPU per call 1.41x to 1.38x
 (the syncer's counted); holding the next commit until the fsync in flight is done then took CPU
-per call from 1.46x to 1.30x and throughput from 0.79x to 0.84x in another run. At 4,096
-concurrent rollouts the syncer costs instead: 0.85x the ceiling's throughput and 1.40x its CPU per
-call, against 0.98x and 1.20x with the loop waiting for each fsync (2 rounds, side by side).
-Why is not yet known; a loop that never waits may handle fewer requests per wake-up. So a batch
-of `INLINE_BATCH` (64) appends or more, which only high concurrency makes, is committed the old
-way, SQLite fsyncing on the loop: at 4,096 that measured 0.90x and 1.41x against 0.92x and 1.35x
-for the loop always waiting (within the noise), and at 64, where batches stay smaller and the
-syncer serves, 0.74x and p99 1.31x against 0.71x and 1.36x in a slow spell of the machine.
+per call from 1.46x to 1.30x and throughput from 0.79x to 0.84x in another run. The syncer
+runs as a batch process (Linux's SCHED_BATCH): waking it never preempts the server on its core, it
+runs when a core is free or at the next tick; side by side at 64 concurrent that took our CPU per
+call from 313 to 284 µs and from 298 to 279 µs in two runs of 6 rounds, at the same throughput and
+p99. At 4,096 concurrent the syncer once measured worse than SQLite's own fsync on the loop (1.40x
+the ceiling's CPU per call against 1.20x), and big batches went back to SQLite. With the
+garbage collector tuned (`server.rare_gc`; at 4,096 it had cost 77 µs per call) the difference is
+gone: the syncer for every batch measured 3,150
+against 3,271 calls/s at 4,096 and 3,216 against 3,088 at 1,024, CPU per call 254 against 263 and
+251 against 269 µs (2 rounds each), so every batch now goes to the syncer.
 
 A thread did worse than a process: a writer thread cost about 60 µs of CPU per call and a third
 of the throughput in GIL hand-offs with the loop; handing only the COMMIT, or only the fsync, to
@@ -106,9 +108,6 @@ FROM sessions s JOIN events e
 _UNAVAILABLE = ("disk is full", "readonly", "read-only", "locked", "disk i/o error", "unable to open")
 
 _Append = tuple[str, Sequence[Event], "asyncio.Future[None]"]
-#: Batches of at least this many appends are fsynced by SQLite on the loop, not by the syncer.
-INLINE_BATCH = 64
-
 # A committed batch whose fsync is in flight: its appends, each caller's outcome, and a future
 # done when the fsync is.
 _InFlight = tuple[list[_Append], list["EnvError | None"], "asyncio.Future[None]"]
@@ -118,6 +117,10 @@ _InFlight = tuple[list[_Append], list["EnvError | None"], "asyncio.Future[None]"
 # is not trusted again). It exits when stdin closes, so it never outlives the server.
 _SYNCER = """
 import os, sys
+try:  # on Linux: waking it does not preempt the server (see the module docstring)
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+except (AttributeError, OSError):
+    pass
 wal = os.open(sys.argv[1], os.O_RDONLY)
 while requests := len(os.read(0, 65536)):
     try:
@@ -185,7 +188,6 @@ class SqliteStore(Store):
         self._syncer: subprocess.Popen[bytes] | None = None
         self._syncer_loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: _InFlight | None = None
-        self._inline = False  # the writer at synchronous=FULL for this batch (see INLINE_BATCH)
         self._writer = self._connect()
         if self._syncs:
             self._writer.execute("PRAGMA synchronous=NORMAL")  # the syncer makes each commit durable
@@ -255,11 +257,6 @@ class SqliteStore(Store):
                     self._writer.execute("ROLLBACK")
         if not batch:
             return
-        # A big batch is committed with SQLite's own fsync, on the loop (see the module docstring).
-        inline = self._syncs and len(batch) >= INLINE_BATCH
-        if inline != self._inline:
-            self._writer.execute(f"PRAGMA synchronous={'FULL' if inline else 'NORMAL'}")
-            self._inline = inline
         try:
             self._write(self._writer, batch)
             outcomes: list[EnvError | None] = [None] * len(batch)
@@ -272,7 +269,7 @@ class SqliteStore(Store):
                     outcomes.append(None)
                 except Exception as e:
                     outcomes.append(_translate(e, item[0]))
-        if self._syncs and not inline and None in outcomes:
+        if self._syncs and None in outcomes:
             try:
                 self._request_sync()
             except OSError as e:

@@ -245,19 +245,15 @@ async def _read_all(db: Path) -> list[Event]:
         await store.close()
 
 
-async def test_a_big_batch_is_fsynced_by_sqlite_on_the_loop(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite_store, "INLINE_BATCH", 3)
+async def test_a_big_batch_goes_to_the_syncer_too_which_runs_as_a_batch_process(db_path: Path) -> None:
     store = SqliteStore(db_path)
     try:
-        logs = {f"s{i}": log(1, start=float(i)) for i in range(3)}
-        await asyncio.gather(*(store.append(s, events) for s, events in logs.items()))  # one batch of 3
-        assert store._syncer is None
-        assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL for it
-        await store.append("s9", log(1))  # a batch of one: the syncer's
+        logs = {f"s{i}": log(1, start=float(i)) for i in range(100)}
+        await asyncio.gather(*(store.append(s, events) for s, events in logs.items()))  # one batch
         assert store._syncer is not None
-        assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: the syncer's fsync
+        if hasattr(os, "SCHED_BATCH"):
+            assert os.sched_getscheduler(store._syncer.pid) == os.SCHED_BATCH
         for session, events in logs.items():
             assert await store.read(session) == events
     finally:
