@@ -409,7 +409,7 @@ def rare_gc(threshold: int = GC_THRESHOLD) -> Iterator[None]:
     passes only cost. They cost most at high concurrency, where every call in flight holds young
     objects that each pass scans again and promotes: at 4,096 concurrent rollouts, a threshold of
     10,000 spent about 6.9 s in the collector in 90,112 calls (77 µs per call, a fifth of the
-    server's CPU) and 100,000 spent 0.6 s; at 64 concurrent both were under 1 µs per call. The
+    server's CPU) and 100,000 spent 0.6 s; at 64 concurrent both cost about 1 µs per call. The
     load generator (tools/loadgen.py) plays under it too: at 4,096 it took its CPU per call from
     440 to 304 µs. Cyclic garbage is still collected, only in bigger, rarer passes.
     """

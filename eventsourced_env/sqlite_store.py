@@ -25,9 +25,9 @@ call from 313 to 284 µs and from 298 to 279 µs in two runs of 6 rounds, at the
 p99. At 4,096 concurrent the syncer once measured worse than SQLite's own fsync on the loop (1.40x
 the ceiling's CPU per call against 1.20x), and big batches went back to SQLite. With the
 garbage collector tuned (`server.rare_gc`; at 4,096 it had cost 77 µs per call) the difference is
-gone: the syncer for every batch measured 3,150
-against 3,271 calls/s at 4,096 and 3,216 against 3,088 at 1,024, CPU per call 254 against 263 and
-251 against 269 µs (2 rounds each), so every batch now goes to the syncer.
+gone: the syncer for every batch measured 3,150 against 3,271 calls/s at 4,096 and 3,216 against
+3,088 at 1,024, CPU per call 254 against 263 and 251 against 269 µs (2 rounds each), so every
+batch now goes to the syncer.
 
 A thread did worse than a process: a writer thread cost about 60 µs of CPU per call and a third
 of the throughput in GIL hand-offs with the loop; handing only the COMMIT, or only the fsync, to
