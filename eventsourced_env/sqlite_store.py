@@ -11,23 +11,26 @@ The commit runs on the loop's own thread, but the loop does not wait for the dis
 `synchronous=FULL` (the default) SQLite commits at `NORMAL` (the WAL written, not yet fsynced) and
 a small helper process, the syncer, fsyncs the WAL file on request; each caller is answered only
 after an fsync that began after its batch's commit, so every acknowledged call is on the disk, as
-with FULL. While an fsync runs the loop serves on, and the appends that come meanwhile wait for
-it, then go in one commit and one fsync: one of each in flight at a time, so batches grow while
-the disk works. (A concurrent reader may see a committed event before its fsync, as it could see
-one before its reply; SQLite syncs checkpoints itself at NORMAL.) Measured side by side at 64
+with FULL. While an fsync runs the loop serves on, and the appends that come meanwhile wait for it,
+then go in one commit and one fsync: one of each in flight at a time, so batches grow while the
+disk works. (A concurrent reader may see a committed event before its fsync, as it could see one
+before its reply; SQLite syncs checkpoints itself at NORMAL.) Measured side by side at 64
 concurrent rollouts (6 rounds each): the syncer took throughput from 0.82x the ceiling's to 0.90x
 and p99 from 1.63x to 1.43x against the loop waiting for each fsync, CPU per call 1.41x to 1.38x
-(the syncer's counted); holding the next commit until the fsync in flight is done then took CPU
-per call from 1.46x to 1.30x and throughput from 0.79x to 0.84x in another run. The syncer
-runs as a batch process (Linux's SCHED_BATCH): waking it never preempts the server on its core, it
-runs when a core is free or at the next tick; side by side at 64 concurrent that took our CPU per
-call from 313 to 284 µs and from 298 to 279 µs in two runs of 6 rounds, at the same throughput and
-p99. At 4,096 concurrent the syncer once measured worse than SQLite's own fsync on the loop (1.40x
-the ceiling's CPU per call against 1.20x), and big batches went back to SQLite. With the
-garbage collector tuned (`server.rare_gc`; at 4,096 it had cost 77 µs per call) the difference is
-gone: the syncer for every batch measured 3,150 against 3,271 calls/s at 4,096 and 3,216 against
-3,088 at 1,024, CPU per call 254 against 263 and 251 against 269 µs (2 rounds each), so every
-batch now goes to the syncer.
+(the syncer's counted); holding the next commit until the fsync in flight is done then took CPU per
+call from 1.46x to 1.30x and throughput from 0.79x to 0.84x in another run. The syncer runs as a
+batch process (Linux's SCHED_BATCH): waking it never preempts the server on its core, it runs when
+a core is free or at the next tick. So an fsync's round trip is longer (at 64 concurrent, p50 3.6
+ms against 1.8-2.7 ms, p99 13-15 against 6-8 ms) and batches grow (17.5 appends against 11.7):
+fewer commits and fsyncs per call, and fewer context switches on the server's core. Side by side at
+64 concurrent that took our CPU per call from 313 to 284 µs and from 298 to 279 µs in two runs of 6
+rounds, throughput 2,956 -> 2,926 and 3,100 -> 3,009 calls/s (within the noise), the calls' p99
+36.0 -> 37.3 and 33.4 -> 35.6 ms. At 4,096 concurrent the syncer once measured worse than SQLite's
+own fsync on the loop (1.40x the ceiling's CPU per call against 1.20x), and big batches went back
+to SQLite. With the garbage collector tuned (`server.rare_gc`; at 4,096 it had cost 77 µs per call)
+the difference is gone: the syncer for every batch measured 3,150 against 3,271 calls/s at 4,096
+and 3,216 against 3,088 at 1,024, CPU per call 254 against 263 and 251 against 269 µs (2 rounds
+each), so every batch now goes to the syncer.
 
 A thread did worse than a process: a writer thread cost about 60 µs of CPU per call and a third
 of the throughput in GIL hand-offs with the loop; handing only the COMMIT, or only the fsync, to
