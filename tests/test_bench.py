@@ -31,14 +31,19 @@ def test_both_servers_play_rollouts_without_errors(tmp_path: Path) -> None:
         assert t.perfect == t.rollouts == 20
         assert t.calls == 20 * 5
         assert t.cpu > 0 and t.loadgen_cpu > 0
+        assert len(t.rounds) == 2 and all(rate > 0 and cpu > 0 for rate, _, cpu in t.rounds)
+    pairs = bench.paired_ratios(tallies["ours"], tallies["ceiling"])
+    assert len(pairs) == 2
+    ours, ceiling = tallies["ours"].rounds[1], tallies["ceiling"].rounds[1]
+    assert pairs[1] == (ours[0] / ceiling[0], ours[1] / ceiling[1], ours[2] / ceiling[2])
 
 
 def test_main_prints_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--concurrency", "2", "--rounds", "1", "--rollouts", "4", "--replay-events", "50"]
+    argv = ["--concurrency", "2", "--rounds", "2", "--rollouts", "4", "--replay-events", "50"]
     argv += ["--memory-sessions", "5,10", "--cold-events", "30", "--skip-instructions"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "|     2 | ratio" in out
+    assert "|     2 | ratio" in out and "|     2 | paired" in out
     assert "Replay of 50 events" in out and "with --jobs 1" in out
     assert "RSS after 10 sessions" in out
     assert "Cold rebuild of a 30-event session" in out

@@ -8,8 +8,10 @@ as processes, and drives each with the same NeMo-Gym-style load (`tools/loadgen.
 process of its own so it shares no interpreter with a server), ours and the ceiling taking turns
 round by round so that whatever else the machine is doing falls on both. For each it prints
 calls/s, p50, p99 and the server's CPU time per call (user + system of the server process and its
-threads, from /proc/PID/stat), then ours/ceiling. Ratios, and CPU per call, are the figures to
-compare across machines; absolute throughput depends on what else runs.
+threads, from /proc/PID/stat), then ours/ceiling: the ratio of the totals, and the median and
+range of the ratios of each pair of rounds (run back to back, so each sees one state of a machine
+whose speed drifts). Ratios, and CPU per call, are the figures to compare across machines;
+absolute throughput depends on what else runs.
 
 Instructions: the same load on each server run under valgrind's callgrind, which counts the
 user-space instructions per call (kernel time excluded); unlike CPU time, the count does not move
@@ -32,6 +34,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,8 +176,13 @@ class Tally:
     rollouts: int = 0
     loadgen_cpu: float = 0.0
 
+    #: Each round's own figures, in order: (calls/s, p99 ms, server CPU µs per call).
+    rounds: list[tuple[float, float, float]] = field(default_factory=list)
+
     def add(self, r: Round, cpu: float) -> None:
         """Count one round and the server CPU time it cost."""
+        alone = Tally(calls=r.calls, seconds=r.seconds, cpu=cpu, latencies=r.latencies)
+        self.rounds.append((alone.rate, alone.pct(0.99), alone.cpu_per_call_us))
         self.loadgen_cpu += r.loadgen_cpu
         self.calls += r.calls
         self.seconds += r.seconds
@@ -439,6 +447,20 @@ def _loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
 
+def paired_ratios(ours: Tally, ceiling: Tally) -> list[tuple[float, float, float]]:
+    """Ours / the ceiling round by round: (calls/s, p99, CPU per call) of each pair of rounds.
+
+    The two rounds of a pair ran one right after the other, so each ratio sees one state of the
+    machine; the ratio of the totals instead lets a slow spell that fell on one server's round weigh
+    on it alone. Their median and range are printed beside the ratio of the totals.
+    """
+    return [
+        (a[0] / b[0], a[1] / b[1], a[2] / b[2])
+        for a, b in zip(ours.rounds, ceiling.rounds, strict=True)
+        if b[0] and b[1] and b[2]
+    ]
+
+
 def print_http(concurrency: int, tallies: dict[str, Tally]) -> None:
     """One block of the HTTP table."""
     ours, ceiling = tallies["ours"], tallies["ceiling"]
@@ -457,6 +479,14 @@ def print_http(concurrency: int, tallies: dict[str, Tally]) -> None:
         f"| {ratio(ours.pct(0.5), ceiling.pct(0.5)):>7} | {ratio(ours.pct(0.99), ceiling.pct(0.99)):>7} "
         f"| {ratio(ours.cpu_per_call_us, ceiling.cpu_per_call_us):>7} |        |  |  |"
     )
+    pairs = paired_ratios(ours, ceiling)
+    if len(pairs) > 1:
+
+        def spread(values: list[float]) -> str:
+            return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+        rate, p99, cpu = (spread([pair[i] for pair in pairs]) for i in range(3))
+        print(f"| {concurrency:>5} | paired  | {rate} | | {p99} | {cpu} |        |  |  |")
     for e in (ours.errors + ceiling.errors)[:5]:
         print(f"  error: {e}")
 
@@ -473,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         default="64,1024,4096",
         help="Comma-separated concurrent rollouts (default: %(default)s).",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="Rounds per server per concurrency.")
+    parser.add_argument("--rounds", type=int, default=6, help="Rounds per server per concurrency.")
     parser.add_argument(
-        "--rollouts", type=int, default=2000, help="Rollouts per round (at least 2x the concurrency)."
+        "--rollouts", type=int, default=1000, help="Rollouts per round (at least 2x the concurrency)."
     )
     parser.add_argument("--increments", type=int, default=8, help="increment_counter calls per rollout.")
     parser.add_argument("--replay-events", type=int, default=1_000_000, help="Events in the replay log.")
