@@ -237,14 +237,32 @@ def bench_http(
     return tallies
 
 
+def _callgrind_refs(argv: list[str], dump: Path) -> int:
+    """The instructions `argv` runs under callgrind, start to end (its output's `refs`)."""
+    run = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    refs = next((line for line in run.stderr.splitlines() if "refs:" in line), None)
+    if run.returncode != 0 or refs is None:
+        raise RuntimeError(f"callgrind failed ({run.returncode}): {run.stderr[-500:]}")
+    return int(refs.split("refs:")[1].replace(",", ""))
+
+
 def bench_instructions(
     loadgen: ProcessPoolExecutor, concurrency: int, rollouts: int, increments: int, tmp: Path
-) -> dict[str, float]:
-    """Instructions per call of each server, counted by valgrind's callgrind: {name: instructions}.
+) -> dict[str, tuple[float, float]]:
+    """Instructions per call, counted by valgrind's callgrind: {server: (the server's, the load generator's)}.
 
     Each server runs under callgrind (about 50 times slower), plays a few rollouts to warm up, has
     its counters zeroed, plays `rollouts`, and dumps. The count is of user-space instructions only
     (no kernel time: sockets, fsync), but it is the same run after run, however busy the machine.
+    Then, against the same server run normally, the load generator runs under callgrind twice, for
+    `rollouts` and for twice as many; the difference over the difference in calls is its own
+    work per call, without its start-up. If that is the same against both servers, the load
+    generator's CPU time per call differing between them is the same work running slower.
     """
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
@@ -266,7 +284,17 @@ def bench_instructions(
             raise RuntimeError(f"{server.name} under callgrind had errors: {r.errors[:3]}")
         [part] = tmp.glob(dump.name + ".*")  # the dump of the counted rollouts alone
         summary = next(line for line in part.read_text().splitlines() if line.startswith("summary:"))
-        counts[server.name] = int(summary.split()[1]) / r.calls
+        server_count = int(summary.split()[1]) / r.calls
+        server = Server.ours(tmp / "instr-lg.db") if name == "ours" else Server.ceiling()
+        argv = [sys.executable, "-m", "tools.loadgen", "--url", server.url, "--concurrency", str(concurrency)]
+        argv += ["--increments", str(increments), "--rollouts"]
+        try:
+            dump = tmp / f"callgrind-loadgen-{name}.out"
+            refs = [_callgrind_refs([*argv, str(n)], dump) for n in (rollouts, 2 * rollouts)]
+        finally:
+            server.stop()
+        calls_per_rollout = r.calls / r.rollouts
+        counts[name] = (server_count, (refs[1] - refs[0]) / (rollouts * calls_per_rollout))
     return counts
 
 
@@ -572,11 +600,12 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as e:
                 print(f"\nInstructions per call: skipped ({e})")
             else:
-                ours, ceiling = counts["ours"], counts["ceiling"]
+                (ours, lg_ours), (ceiling, lg_ceiling) = counts["ours"], counts["ceiling"]
                 print(
                     f"\nInstructions per call (callgrind, user space, {args.instructions_rollouts} rollouts "
                     f"at 64 concurrent): ours {ours / 1000:,.0f}k, ceiling {ceiling / 1000:,.0f}k, "
-                    f"ratio {ours / ceiling:.2f}x"
+                    f"ratio {ours / ceiling:.2f}x; the load generator's own against each: "
+                    f"{lg_ours / 1000:,.0f}k and {lg_ceiling / 1000:,.0f}k, ratio {lg_ours / lg_ceiling:.2f}x"
                 )
             sys.stdout.flush()
         if not args.skip_replay:
