@@ -6,6 +6,7 @@ No timings are asserted here: speed targets live in `python -m tools.bench`, not
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -57,3 +58,30 @@ def test_instructions_per_call_are_counted_for_both_servers(tmp_path: Path) -> N
     # Serving a call, or making one, takes well over 10k instructions in Python, and well under 100M.
     assert set(counts) == {"ours", "ceiling"}
     assert all(10_000 < n < 100_000_000 for pair in counts.values() for n in pair)
+
+
+def test_replay_costs_replays_every_event_with_each_step_left_out(tmp_path: Path) -> None:
+    from tools import replay_costs
+
+    db = tmp_path / "log.db"
+    bench.write_counter_log(db, 110, per_session=11)
+    assert replay_costs.as_shipped(db) == replay_costs.replay(db) == 110
+    for step in replay_costs.STEPS:
+        assert replay_costs.replay(db, without=step) == 110
+    us = replay_costs.measure(db, repeats=1)
+    assert set(us) == {"raw read", "as shipped", "every step", *(f"without {s}" for s in replay_costs.STEPS)}
+    assert all(v > 0 for v in us.values())
+
+
+def test_replay_costs_notices_a_divergence(tmp_path: Path) -> None:
+    from tools import replay_costs
+
+    db = tmp_path / "log.db"
+    bench.write_counter_log(db, 22, per_session=11)
+    with sqlite3.connect(db) as conn:  # an observation the counter would not give
+        body = conn.execute("SELECT body FROM events WHERE seq = 5 LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE events SET body = ? WHERE body = ?", (body.replace(b"true", b"false"), body))
+    with pytest.raises(RuntimeError, match="hash chain broken"):
+        replay_costs.replay(db)
+    with pytest.raises(RuntimeError, match="observation differs"):
+        replay_costs.replay(db, without="chain")
