@@ -237,8 +237,8 @@ def bench_http(
     return tallies
 
 
-def _callgrind_refs(argv: list[str], dump: Path) -> int:
-    """The instructions `argv` runs under callgrind, start to end (its output's `refs`)."""
+def _loadgen_instructions(argv: list[str], dump: Path) -> int:
+    """The instructions the load generator (`argv`) runs under callgrind, start to end (its `refs`)."""
     run = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", *argv],
         cwd=ROOT,
@@ -248,6 +248,8 @@ def _callgrind_refs(argv: list[str], dump: Path) -> int:
     refs = next((line for line in run.stderr.splitlines() if "refs:" in line), None)
     if run.returncode != 0 or refs is None:
         raise RuntimeError(f"callgrind failed ({run.returncode}): {run.stderr[-500:]}")
+    if "\n0 errors" not in run.stdout:
+        raise RuntimeError(f"the load generator under callgrind had errors: {run.stdout[-500:]}")
     return int(refs.split("refs:")[1].replace(",", ""))
 
 
@@ -290,7 +292,7 @@ def bench_instructions(
         argv += ["--increments", str(increments), "--rollouts"]
         try:
             dump = tmp / f"callgrind-loadgen-{name}.out"
-            refs = [_callgrind_refs([*argv, str(n)], dump) for n in (rollouts, 2 * rollouts)]
+            refs = [_loadgen_instructions([*argv, str(n)], dump) for n in (rollouts, 2 * rollouts)]
         finally:
             server.stop()
         calls_per_rollout = r.calls / r.rollouts
