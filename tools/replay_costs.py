@@ -8,26 +8,25 @@ envelope, check the hash chain (SHA-256 of each body), start each session from i
 validate each call's recorded arguments, run the tool and compare its observation. A step's cost is
 the time of the whole replay minus the time without it (an input the step would have made is made
 once, beforehand), per event. "as shipped" is `replay.check_log` over `Snapshot.events`: its excess
-over "every step" is the glue between the steps. The garbage collector is off throughout, as
-`rare_gc` has it while serving, so its passes do not fall on one variant or another.
+over "every step" is the glue between the steps. The garbage collector runs under `rare_gc`, as
+it does while serving, so its passes hardly fall on one variant or another.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from eventsourced_env.environment import Context
 from eventsourced_env.events import decode_event, first_broken_link
 from eventsourced_env.fold import start
 from eventsourced_env.replay import check_log
+from eventsourced_env.server import rare_gc
 from eventsourced_env.snapshot import Filters, Snapshot
 from tools.bench import raw_read, write_counter_log
 
@@ -84,16 +83,6 @@ def as_shipped(db: Path) -> int:
     return n
 
 
-@contextlib.contextmanager
-def _collector_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def measure(db: Path, repeats: int = 4) -> dict[str, float]:
     """µs per event of each variant, the best of `repeats` alternating runs: "raw read", "as shipped",
     "every step" and "without <step>" for each step."""
@@ -105,7 +94,7 @@ def measure(db: Path, repeats: int = 4) -> dict[str, float]:
     for step in STEPS:
         variants[f"without {step}"] = lambda db, step=step: replay(db, without=step)
     best = dict.fromkeys(variants, float("inf"))
-    with _collector_off():
+    with rare_gc():
         for _ in range(repeats):
             for name, run in variants.items():
                 started = time.perf_counter()
@@ -129,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         write_counter_log(db, args.events)
         us = measure(db, args.repeats)
     every = us["every step"]
-    print(f"{args.events:,} events, one process, the collector off; µs per event (best of {args.repeats}):")
+    print(f"{args.events:,} events, one process, under rare_gc; µs per event (best of {args.repeats}):")
     print(f"  raw read     {us['raw read']:6.2f}")
     print(f"  as shipped   {us['as shipped']:6.2f}   (glue: {us['as shipped'] - every:+.2f})")
     print(f"  every step   {every:6.2f}")
