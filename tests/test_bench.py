@@ -5,11 +5,14 @@ No timings are asserted here: speed targets live in `python -m tools.bench`, not
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import sqlite3
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tools import bench
@@ -37,6 +40,43 @@ def test_both_servers_play_rollouts_without_errors(tmp_path: Path) -> None:
     assert len(pairs) == 2
     ours, ceiling = tallies["ours"].rounds[1], tallies["ceiling"].rounds[1]
     assert pairs[1] == (ours[0] / ceiling[0], ours[1] / ceiling[1], ours[2] / ceiling[2])
+
+
+def test_the_prototype_plays_beside_them_and_logs_every_call_chained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as loadgen:
+        tallies = bench.bench_http(
+            loadgen, concurrency=4, rounds=2, rollouts=10, increments=2, tmp=tmp_path, prototype=True
+        )
+        bench.print_http(4, tallies)
+        db = tmp_path / "prototype.db"
+        argv = [sys.executable, "tools/prototype_server.py", "--port", "0", "--db", str(db)]
+        server = bench.Server("prototype", argv)
+        try:
+            r = loadgen.submit(bench.play, server.url, 6, 3, 2, 0).result()
+        finally:
+            server.stop()
+    assert list(tallies) == ["prototype", "ours", "ceiling"]
+    t = tallies["prototype"]
+    assert t.errors == [] and t.perfect == t.rollouts == 20 and t.calls == 20 * 5 and t.cpu > 0
+    out = capsys.readouterr().out
+    assert "|     4 | proto/c" in out and "|     4 | proto pd" in out and "|     4 | paired" in out
+    # Durable before reply: every acknowledged call is in the log, each session's events chained.
+    assert r.errors == [] and r.perfect == 6
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT session, seq, hash, body FROM events ORDER BY session, seq").fetchall()
+    assert len(rows) == r.calls == 6 * 5
+    prev: dict[str, tuple[int, str]] = {}
+    for session, seq, digest, body in rows:
+        envelope = orjson.loads(body)
+        last_seq, last_hash = prev.get(session, (0, ""))
+        assert envelope["seq"] == seq == last_seq + 1
+        assert envelope["prev"] == last_hash
+        assert hashlib.sha256(body).hexdigest() == digest
+        prev[session] = (seq, digest)
+    assert sorted(seq for seq, _ in prev.values()) == [5] * 6
 
 
 def test_main_prints_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,10 @@ calls/s, p50, p99 and the server's CPU time per call (user + system of the serve
 threads, from /proc/PID/stat), then ours/ceiling: the ratio of the totals, and the median and
 range of the ratios of each pair of rounds (run back to back, so each sees one state of a machine
 whose speed drifts). Ratios, and CPU per call, are the figures to compare across machines;
-absolute throughput depends on what else runs.
+absolute throughput depends on what else runs. With --prototype, the issue's reference prototype
+(`tools/prototype_server.py`: validation, hash chain, group commit, durable before reply, and
+nothing else) plays too, so the targets it was measured against elsewhere can be read on this
+machine.
 
 Instructions: the same load on each server run under valgrind's callgrind, which counts the
 user-space instructions per call (kernel time excluded); unlike CPU time, the count does not move
@@ -89,6 +92,12 @@ class Server:
         """The bare-aiohttp ceiling on a free port."""
         argv = [sys.executable, str(ROOT / "tools" / "ceiling_server.py"), "--port", "0"]
         return cls("ceiling", argv, prefix)
+
+    @classmethod
+    def prototype(cls, prefix: Sequence[str] = ()) -> Server:
+        """The issue's reference prototype (`tools/prototype_server.py`) on a free port, a scratch log."""
+        argv = [sys.executable, str(ROOT / "tools" / "prototype_server.py"), "--port", "0"]
+        return cls("prototype", argv, prefix)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far of the process (all its threads) and of its live children
@@ -218,10 +227,14 @@ def bench_http(
     increments: int,
     tmp: Path,
     sync: str = "FULL",
+    prototype: bool = False,
 ) -> dict[str, Tally]:
-    """Alternate ours and the ceiling for `rounds` rounds at `concurrency`; the tallies by server."""
+    """Alternate ours and the ceiling (and the prototype) for `rounds` rounds at `concurrency`; the
+    tallies by server. Ours and the ceiling always play back to back, the prototype first or last."""
     rollouts = max(rollouts, 2 * concurrency)  # every worker plays at least two rollouts
     servers = [Server.ours(tmp / f"http-{concurrency}.db", "--sync", sync), Server.ceiling()]
+    if prototype:
+        servers.insert(0, Server.prototype())
     tallies = {s.name: Tally() for s in servers}
     try:
         for s in servers:  # warm up: connections, caches, the allocator
@@ -478,7 +491,7 @@ def _loadavg() -> str:
 
 
 def paired_ratios(ours: Tally, ceiling: Tally) -> list[tuple[float, float, float]]:
-    """Ours / the ceiling round by round: (calls/s, p99, CPU per call) of each pair of rounds.
+    """Ours (or the prototype) / the ceiling round by round: (calls/s, p99, CPU per call) of each pair.
 
     The two rounds of a pair ran one right after the other, so each ratio sees one state of the
     machine; the ratio of the totals instead lets a slow spell that fell on one server's round weigh
@@ -492,11 +505,11 @@ def paired_ratios(ours: Tally, ceiling: Tally) -> list[tuple[float, float, float
 
 
 def print_http(concurrency: int, tallies: dict[str, Tally]) -> None:
-    """One block of the HTTP table."""
-    ours, ceiling = tallies["ours"], tallies["ceiling"]
-    for name, t in (("ours", ours), ("ceiling", ceiling)):
+    """One block of the HTTP table: each server, then each other server over the ceiling."""
+    ceiling = tallies["ceiling"]
+    for name, t in tallies.items():
         print(
-            f"| {concurrency:>5} | {name:<7} | {t.rate:>8.0f} | {t.pct(0.5):>7.1f} | {t.pct(0.99):>7.1f} "
+            f"| {concurrency:>5} | {name:<9} | {t.rate:>8.0f} | {t.pct(0.5):>7.1f} | {t.pct(0.99):>7.1f} "
             f"| {t.cpu_per_call_us:>7.0f} | {len(t.errors):>6} | {t.perfect}/{t.rollouts} "
             f"| {t.loadgen_cpu / t.calls * 1e6 if t.calls else 0:>7.0f} |"
         )
@@ -504,20 +517,24 @@ def print_http(concurrency: int, tallies: dict[str, Tally]) -> None:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if b else "-"
 
-    print(
-        f"| {concurrency:>5} | ratio   | {ratio(ours.rate, ceiling.rate):>8} "
-        f"| {ratio(ours.pct(0.5), ceiling.pct(0.5)):>7} | {ratio(ours.pct(0.99), ceiling.pct(0.99)):>7} "
-        f"| {ratio(ours.cpu_per_call_us, ceiling.cpu_per_call_us):>7} |        |  |  |"
-    )
-    pairs = paired_ratios(ours, ceiling)
-    if len(pairs) > 1:
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
-        def spread(values: list[float]) -> str:
-            return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
-
-        rate, p99, cpu = (spread([pair[i] for pair in pairs]) for i in range(3))
-        print(f"| {concurrency:>5} | paired  | {rate} | | {p99} | {cpu} |        |  |  |")
-    for e in (ours.errors + ceiling.errors)[:5]:
+    for name, t in tallies.items():
+        if name == "ceiling":
+            continue
+        label = "ratio" if name == "ours" else f"{name[:5]}/c"
+        print(
+            f"| {concurrency:>5} | {label:<9} | {ratio(t.rate, ceiling.rate):>8} "
+            f"| {ratio(t.pct(0.5), ceiling.pct(0.5)):>7} | {ratio(t.pct(0.99), ceiling.pct(0.99)):>7} "
+            f"| {ratio(t.cpu_per_call_us, ceiling.cpu_per_call_us):>7} |        |  |  |"
+        )
+        pairs = paired_ratios(t, ceiling)
+        if len(pairs) > 1:
+            rate, p99, cpu = (spread([pair[i] for pair in pairs]) for i in range(3))
+            label = "paired" if name == "ours" else f"{name[:5]} pd"
+            print(f"| {concurrency:>5} | {label:<9} | {rate} | | {p99} | {cpu} |        |  |  |")
+    for e in [e for t in tallies.values() for e in t.errors][:5]:
         print(f"  error: {e}")
 
 
@@ -556,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         default=200,
         help="Rollouts (at 64 concurrent) counted under callgrind for instructions per call.",
     )
+    parser.add_argument(
+        "--prototype",
+        action="store_true",
+        help="Also play the issue's reference prototype (tools/prototype_server.py) in the HTTP rounds.",
+    )
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-instructions", action="store_true", help="Skip the callgrind count.")
     parser.add_argument("--skip-replay", action="store_true")
@@ -578,13 +600,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"+ 1 read + verify per rollout; each call committed (--sync {args.sync}) before its reply.\n"
             )
             print(
-                "| conc. | server  |  calls/s | p50 ms  | p99 ms  | CPU µs/call | errors | reward 1.0 "
+                "| conc. | server    |  calls/s | p50 ms  | p99 ms  | CPU µs/call | errors | reward 1.0 "
                 "| load gen. CPU µs/call |"
             )
             print("|---|---|---|---|---|---|---|---|---|")
             rates: dict[int, dict[str, float]] = {}
             for c in (int(x) for x in args.concurrency.split(",")):
-                tallies = bench_http(loadgen, c, args.rounds, args.rollouts, args.increments, tmp, args.sync)
+                tallies = bench_http(
+                    loadgen, c, args.rounds, args.rollouts, args.increments, tmp, args.sync, args.prototype
+                )
                 print_http(c, tallies)
                 rates[c] = {name: t.rate for name, t in tallies.items()}
                 sys.stdout.flush()
