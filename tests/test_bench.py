@@ -84,19 +84,20 @@ def test_main_prints_every_section(tmp_path: Path, capsys: pytest.CaptureFixture
     argv += ["--memory-sessions", "5,10", "--cold-events", "30", "--skip-instructions"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "|     2 | ratio" in out and "|     2 | paired" in out
+    assert "|     2 | ratio" in out and "|     2 | paired" in out and "|     2 | proto/c" in out
     assert "Replay of 50 events" in out and "with --jobs 1" in out
     assert "RSS after 10 sessions" in out
     assert "Cold rebuild of a 30-event session" in out
 
 
 @pytest.mark.slow
-def test_instructions_per_call_are_counted_for_both_servers(tmp_path: Path) -> None:
+def test_instructions_per_call_are_counted_for_every_server(tmp_path: Path) -> None:
     spawn = multiprocessing.get_context("spawn")
+    servers = ("ours", "prototype", "ceiling")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as loadgen:
-        counts = bench.bench_instructions(loadgen, concurrency=4, rollouts=8, increments=2, tmp=tmp_path)
+        counts = bench.bench_instructions(loadgen, 4, rollouts=8, increments=2, tmp=tmp_path, servers=servers)
     # Serving a call, or making one, takes well over 10k instructions in Python, and well under 100M.
-    assert set(counts) == {"ours", "ceiling"}
+    assert set(counts) == set(servers)
     assert all(10_000 < n < 100_000_000 for pair in counts.values() for n in pair)
 
 

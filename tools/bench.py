@@ -11,10 +11,10 @@ calls/s, p50, p99 and the server's CPU time per call (user + system of the serve
 threads, from /proc/PID/stat), then ours/ceiling: the ratio of the totals, and the median and
 range of the ratios of each pair of rounds (run back to back, so each sees one state of a machine
 whose speed drifts). Ratios, and CPU per call, are the figures to compare across machines;
-absolute throughput depends on what else runs. With --prototype, the issue's reference prototype
+absolute throughput depends on what else runs. The issue's reference prototype plays too
 (`tools/prototype_server.py`: validation, hash chain, group commit, durable before reply, and
-nothing else) plays too, so the targets it was measured against elsewhere can be read on this
-machine.
+nothing else; --no-prototype leaves it out), so what its figures elsewhere set as targets can be
+read on this machine.
 
 Instructions: the same load on each server run under valgrind's callgrind, which counts the
 user-space instructions per call (kernel time excluded); unlike CPU time, the count does not move
@@ -266,8 +266,20 @@ def _loadgen_instructions(argv: list[str], dump: Path) -> int:
     return int(refs.split("refs:")[1].replace(",", ""))
 
 
+def _start(name: str, db: Path, prefix: Sequence[str] = ()) -> Server:
+    """Start the server called `name` ("ours" logging to `db`, "prototype" or "ceiling")."""
+    if name == "ours":
+        return Server.ours(db, prefix=prefix)
+    return Server.prototype(prefix) if name == "prototype" else Server.ceiling(prefix)
+
+
 def bench_instructions(
-    loadgen: ProcessPoolExecutor, concurrency: int, rollouts: int, increments: int, tmp: Path
+    loadgen: ProcessPoolExecutor,
+    concurrency: int,
+    rollouts: int,
+    increments: int,
+    tmp: Path,
+    servers: Sequence[str] = ("ours", "ceiling"),
 ) -> dict[str, tuple[float, float]]:
     """Instructions per call, counted by valgrind's callgrind: {server: (the server's, the load generator's)}.
 
@@ -278,14 +290,15 @@ def bench_instructions(
     `rollouts` and for twice as many; the difference over the difference in calls is its own
     work per call, without its start-up. If that is the same against both servers, the load
     generator's CPU time per call differing between them is the same work running slower.
+    `servers`: which, of "ours", "prototype" and "ceiling".
     """
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
     counts = {}
-    for name in ("ours", "ceiling"):
+    for name in servers:
         dump = tmp / f"callgrind-{name}.out"
         prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"]
-        server = Server.ours(tmp / "instr.db", prefix=prefix) if name == "ours" else Server.ceiling(prefix)
+        server = _start(name, tmp / "instr.db", prefix)
         try:
             loadgen.submit(play, server.url, concurrency, concurrency, increments, 99).result()
             control = ["callgrind_control", "--zero", str(server.proc.pid)]
@@ -300,7 +313,7 @@ def bench_instructions(
         [part] = tmp.glob(dump.name + ".*")  # the dump of the counted rollouts alone
         summary = next(line for line in part.read_text().splitlines() if line.startswith("summary:"))
         server_count = int(summary.split()[1]) / r.calls
-        server = Server.ours(tmp / "instr-lg.db") if name == "ours" else Server.ceiling()
+        server = _start(name, tmp / "instr-lg.db")
         argv = [sys.executable, "-m", "tools.loadgen", "--url", server.url, "--concurrency", str(concurrency)]
         argv += ["--increments", str(increments), "--rollouts"]
         try:
@@ -575,8 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--prototype",
-        action="store_true",
-        help="Also play the issue's reference prototype (tools/prototype_server.py) in the HTTP rounds.",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Play the issue's reference prototype (tools/prototype_server.py) in the HTTP rounds too.",
     )
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-instructions", action="store_true", help="Skip the callgrind count.")
@@ -622,7 +636,10 @@ def main(argv: list[str] | None = None) -> int:
                         )
         if not args.skip_instructions:
             try:
-                counts = bench_instructions(loadgen, 64, args.instructions_rollouts, args.increments, tmp)
+                names = ("ours", "prototype", "ceiling") if args.prototype else ("ours", "ceiling")
+                counts = bench_instructions(
+                    loadgen, 64, args.instructions_rollouts, args.increments, tmp, names
+                )
             except RuntimeError as e:
                 print(f"\nInstructions per call: skipped ({e})")
             else:
@@ -633,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"ratio {ours / ceiling:.2f}x; the load generator's own against each: "
                     f"{lg_ours / 1000:,.0f}k and {lg_ceiling / 1000:,.0f}k, ratio {lg_ours / lg_ceiling:.2f}x"
                 )
+                if "prototype" in counts:
+                    proto, lg_proto = counts["prototype"]
+                    print(
+                        f"the prototype {proto / 1000:,.0f}k, {proto / ceiling:.2f}x the ceiling's; "
+                        f"the load generator's own against it {lg_proto / 1000:,.0f}k"
+                    )
             sys.stdout.flush()
         if not args.skip_replay:
             from eventsourced_env.parallel import default_jobs
