@@ -106,11 +106,12 @@ def test_replay_costs_replays_every_event_with_each_step_left_out(tmp_path: Path
 
     db = tmp_path / "log.db"
     bench.write_counter_log(db, 110, per_session=11)
-    assert replay_costs.as_shipped(db) == replay_costs.replay(db) == 110
+    assert replay_costs.as_shipped(db) == replay_costs.replay(db) == replay_costs.bare(db) == 110
     for step in replay_costs.STEPS:
         assert replay_costs.replay(db, without=step) == 110
     us = replay_costs.measure(db, repeats=1)
-    assert set(us) == {"raw read", "as shipped", "every step", *(f"without {s}" for s in replay_costs.STEPS)}
+    steps = {f"without {s}" for s in replay_costs.STEPS}
+    assert set(us) == {"raw read", "as shipped", "every step", "bare", *steps}
     assert all(v > 0 for v in us.values())
 
 
@@ -126,3 +127,20 @@ def test_replay_costs_notices_a_divergence(tmp_path: Path) -> None:
         replay_costs.replay(db)
     with pytest.raises(RuntimeError, match="observation differs"):
         replay_costs.replay(db, without="chain")
+    with pytest.raises(RuntimeError, match="hash chain broken"):
+        replay_costs.bare(db)
+
+
+def test_bare_replay_compares_observations(tmp_path: Path) -> None:
+    from tools import replay_costs
+
+    db = tmp_path / "log.db"
+    bench.write_counter_log(db, 22, per_session=11)
+    with sqlite3.connect(db) as conn:  # a session's last event rewritten, its stored hash with it
+        row, body = conn.execute("SELECT id, body FROM events WHERE seq = 11 LIMIT 1").fetchone()
+        body = body.replace(b"true", b"false")
+        conn.execute(
+            "UPDATE events SET body = ?, hash = ? WHERE id = ?", (body, hashlib.sha256(body).hexdigest(), row)
+        )
+    with pytest.raises(RuntimeError, match="observation differs at seq 11"):
+        replay_costs.bare(db)
