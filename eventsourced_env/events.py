@@ -128,10 +128,15 @@ def make_event(prev: str, seq: int, kind: str, at: float, data: dict[str, Any]) 
     return Event(seq, kind, at, prev, data, body, hashlib.sha256(body).hexdigest())
 
 
+# The named tuple's own constructor is a Python function; the tuple's is not (a tenth of a fold's
+# decoding: 2.53 against 2.84 µs per counter event, `orjson.loads` alone 2.20).
+_new_tuple = tuple.__new__
+
+
 def decode_event(body: bytes, hash: str) -> Event:
     """Rebuild an event from its stored bytes and stored hash (the hash is checked separately)."""
     env = orjson.loads(body)
-    return Event(env["seq"], env["kind"], env["at"], env["prev"], env["data"], body, hash)
+    return _new_tuple(Event, (env["seq"], env["kind"], env["at"], env["prev"], env["data"], body, hash))
 
 
 def first_broken_link(events: list[Event]) -> int | None:
