@@ -15,6 +15,7 @@ performers; effect-free environments never leave the loop. Depends on `fold`, `s
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import re
 import secrets
@@ -71,32 +72,49 @@ def _new_session_id() -> str:
 
 
 class _SessionLock:
-    """An asyncio lock for one session that leaves `locks` once no operation holds or awaits it."""
+    """One session's turn: its operations run one at a time, in arrival order. It leaves `locks`
+    once no operation holds or awaits it, so a session with no operation in flight costs nothing.
 
-    __slots__ = ("_lock", "_locks", "_session", "_users")
+    Not an `asyncio.Lock`: nearly every operation finds its session free, and taking a free turn
+    is a flag, where an `asyncio.Lock` made for each call cost five Python calls more (callgrind,
+    64 concurrent rollouts: 454k against 449k instructions per call).
+    """
+
+    __slots__ = ("_held", "_locks", "_session", "_waiters")
 
     def __init__(self, locks: dict[str, _SessionLock], session: str) -> None:
-        self._lock = asyncio.Lock()
         self._locks = locks
         self._session = session
-        self._users = 0
+        self._held = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def __aenter__(self) -> None:
-        self._users += 1
+        if not self._held:
+            self._held = True
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            await self._lock.acquire()
+            await waiter
         except BaseException:
-            self._leave()
+            if not waiter.cancelled():  # cancelled after the turn was handed over: hand it on
+                self._release()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
             raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-        self._leave()
+        self._release()
 
-    def _leave(self) -> None:
-        self._users -= 1
-        if not self._users:
-            del self._locks[self._session]
+    def _release(self) -> None:
+        """Hand the turn to the next waiter still waiting (it stays held), or let go of the session."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._held = False
+        del self._locks[self._session]
 
 
 class Sessions:

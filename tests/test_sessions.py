@@ -82,6 +82,29 @@ async def test_calls_of_one_session_are_serialized(
     assert sessions._locks == {}  # a session's lock is let go once nobody holds or awaits it
 
 
+async def test_a_waiter_cancelled_after_its_turn_came_hands_the_turn_on() -> None:
+    from eventsourced_env.sessions import _SessionLock
+
+    locks: dict[str, _SessionLock] = {}
+    lock = locks["s"] = _SessionLock(locks, "s")
+    ran: list[str] = []
+
+    async def use(name: str) -> None:
+        async with lock:
+            ran.append(name)
+
+    await lock.__aenter__()  # held
+    second, third = asyncio.ensure_future(use("second")), asyncio.ensure_future(use("third"))
+    await asyncio.sleep(0)  # both wait, in that order
+    await lock.__aexit__()  # the turn goes to the second...
+    second.cancel()  # ...which is cancelled before it runs: the third must get the turn
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await asyncio.wait_for(third, 5)
+    assert ran == ["third"]
+    assert locks == {}
+
+
 async def test_a_cancelled_waiter_lets_go_of_the_session_lock(
     store: SqliteStore, counter: Environment[Any, Any]
 ) -> None:
