@@ -230,7 +230,8 @@ def bench_http(
     prototype: bool = False,
 ) -> dict[str, Tally]:
     """Alternate ours and the ceiling (and the prototype) for `rounds` rounds at `concurrency`; the
-    tallies by server. Ours and the ceiling always play back to back, the prototype first or last."""
+    tallies by server. Ours and the ceiling always play back to back; the prototype plays first or
+    last, so in every other pair of its rounds with the ceiling's, ours played between them."""
     rollouts = max(rollouts, 2 * concurrency)  # every worker plays at least two rollouts
     servers = [Server.ours(tmp / f"http-{concurrency}.db", "--sync", sync), Server.ceiling()]
     if prototype:
