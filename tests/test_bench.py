@@ -35,11 +35,9 @@ def test_both_servers_play_rollouts_without_errors(tmp_path: Path) -> None:
         assert t.perfect == t.rollouts == 20
         assert t.calls == 20 * 5
         assert t.cpu > 0 and t.loadgen_cpu > 0
-        assert len(t.rounds) == 2 and all(rate > 0 and cpu > 0 for rate, _, cpu in t.rounds)
-    pairs = bench.paired_ratios(tallies["ours"], tallies["ceiling"])
-    assert len(pairs) == 2
-    ours, ceiling = tallies["ours"].rounds[1], tallies["ceiling"].rounds[1]
-    assert pairs[1] == (ours[0] / ceiling[0], ours[1] / ceiling[1], ours[2] / ceiling[2])
+        # A round's own CPU time can be zero clock ticks at this size: the ratios made of the rounds
+        # are checked on tallies made to measure, below.
+        assert len(t.rounds) == 2 and all(rate > 0 and p99 > 0 for rate, p99, _ in t.rounds)
 
 
 def test_the_prototype_plays_beside_them_and_logs_every_call_chained(

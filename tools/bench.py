@@ -504,8 +504,8 @@ def _loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
 
-def paired_ratios(ours: Tally, ceiling: Tally) -> list[tuple[float, float, float]]:
-    """Ours (or the prototype) / the ceiling round by round: (calls/s, p99, CPU per call) of each pair.
+def paired_ratios(server: Tally, ceiling: Tally) -> list[tuple[float, float, float]]:
+    """A server (ours, the prototype) / the ceiling round by round: (calls/s, p99, CPU per call).
 
     The two rounds of a pair ran one right after the other, so each ratio sees one state of the
     machine; the ratio of the totals instead lets a slow spell that fell on one server's round weigh
@@ -513,7 +513,7 @@ def paired_ratios(ours: Tally, ceiling: Tally) -> list[tuple[float, float, float
     """
     return [
         (a[0] / b[0], a[1] / b[1], a[2] / b[2])
-        for a, b in zip(ours.rounds, ceiling.rounds, strict=True)
+        for a, b in zip(server.rounds, ceiling.rounds, strict=True)
         if b[0] and b[1] and b[2]
     ]
 

@@ -40,13 +40,18 @@ STEPS = ("read", "decode", "chain", "start", "validate", "tool")
 _EVENTS = "SELECT body, hash FROM events WHERE session = ? ORDER BY seq"
 
 
+def _open(db: Path) -> tuple[sqlite3.Connection, list[str]]:
+    """A connection holding one read transaction (as `Snapshot` does), and the session ids in order."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN")
+    return conn, [s for (s,) in conn.execute("SELECT id FROM sessions ORDER BY created_at, id")]
+
+
 def replay(db: Path, without: str | None = None) -> int:
     """Replay every session of the counter log at `db` with one step left out; the events replayed."""
     from environments.counter import env
 
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("BEGIN")  # one read transaction, as `Snapshot` holds
-    ids = [s for (s,) in conn.execute("SELECT id FROM sessions ORDER BY created_at, id")]
+    conn, ids = _open(db)
     # What a left-out step would have made, made once: rows, events, a started session, arguments.
     first_rows = conn.execute(_EVENTS, (ids[0],)).fetchall()
     first_events = [decode_event(body, hash) for body, hash in first_rows]
@@ -81,9 +86,7 @@ def bare(db: Path) -> int:
     validated, the tool's function run on the state and its observation compared."""
     from environments.counter import env
 
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("BEGIN")
-    ids = [s for (s,) in conn.execute("SELECT id FROM sessions ORDER BY created_at, id")]
+    conn, ids = _open(db)
     tool = env.tools["increment_counter"]
     validate, fn = tool.args_model.__pydantic_validator__.validate_python, tool.fn
     n = 0
