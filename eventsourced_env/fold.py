@@ -62,25 +62,25 @@ def start(env: Environment[Any, Any], seeded: Event) -> Folded:
 
 def step(folded: Folded, event: Event) -> Any:
     """Apply one event after the seeded one to `folded` in place; the replayed observation, if any."""
+    kind, data = event.kind, event.data
     observation = None
-    key = event.data.get("idempotency_key")
+    key = data.get("idempotency_key")
     if key is not None:
-        folded.keys[key] = (event.kind, event.data)
-    if event.kind == TOOL_CALLED:
-        name = event.data["tool"]
-        tool = folded.env.tools.get(name)
+        folded.keys[key] = (kind, data)
+    if kind == TOOL_CALLED:
+        env = folded.env
+        tool = env.tools.get(data["tool"])
         if tool is None:
             raise EnvironmentDefinitionError(
-                f"event seq {event.seq} calls tool {name!r}, which {folded.env.name!r} no longer has"
+                f"event seq {event.seq} calls tool {data['tool']!r}, which {env.name!r} no longer has"
             )
-        args = tool.validate(event.data["args"])
-        effects = Effects.replaying(event.data.get("effects", ())) if folded.env.effects else None
-        folded.state, observation = folded.env.run_tool(
-            tool, folded.state, args, Context(folded.seed, event.seq, event.at, effects)
-        )
+        args = tool.validate(data["args"])
+        effects = Effects.replaying(data.get("effects", ())) if env.effects else None
+        ctx = Context(folded.seed, event.seq, event.at, effects)
+        folded.state, observation = env.run_tool(tool, folded.state, args, ctx)
         if effects is not None:
             effects.finish()
-    elif event.kind == CLOSED:
+    elif kind == CLOSED:
         folded.closed = True
     folded.seq = event.seq
     folded.hash = event.hash

@@ -92,21 +92,30 @@ def check_log(
         folded = start(env, events[0])
     except EnvError as e:
         return Divergence(session, 1, f"cannot rebuild the initial state: {e.detail}")
+    # The loop every replayed event goes through: kept flat, it is most of replay's own time.
     for event in events[1:]:
-        divergence = _check_event(folded, session, event)
-        if divergence is not None:
-            return divergence
-        stored = snapshots.get(event.seq) if snapshots else None
-        if stored is not None:
-            folded_now = orjson.loads(snapshot_body(folded))
-            if orjson.loads(stored) != folded_now:
+        kind = event.kind
+        if kind == TOOL_REJECTED:
+            reason = _rejection_differs(folded, event)
+            if reason is not None:
+                return Divergence(session, event.seq, reason, event.data["tool"], event.data["error"])
+        try:
+            replayed = step(folded, event)
+        except Exception as e:
+            return _failed(session, event, e)
+        if kind == TOOL_CALLED:
+            recorded = event.data["observation"]
+            # Equal as it stands is equal once recorded; only a mismatch pays for the JSON round trip.
+            if replayed != recorded and (replayed := as_recorded(replayed)) != recorded:
                 return Divergence(
-                    session,
-                    event.seq,
-                    "snapshot differs from the fold",
-                    None,
-                    orjson.loads(stored),
-                    folded_now,
+                    session, event.seq, "observation differs", event.data["tool"], recorded, replayed
+                )
+        if snapshots and event.seq in snapshots:
+            folded_now = orjson.loads(snapshot_body(folded))
+            stored = orjson.loads(snapshots[event.seq])
+            if stored != folded_now:
+                return Divergence(
+                    session, event.seq, "snapshot differs from the fold", None, stored, folded_now
                 )
     extra = sorted(set(snapshots) - {e.seq for e in events}) if snapshots else None
     if extra:
@@ -114,28 +123,16 @@ def check_log(
     return None
 
 
-def _check_event(folded: Folded, session: str, event: Event) -> Divergence | None:
+def _failed(session: str, event: Event, e: Exception) -> Divergence:
+    """The divergence of an event whose replay raised `e`."""
     tool = event.data.get("tool") if event.kind in (TOOL_CALLED, TOOL_REJECTED) else None
-    if event.kind == TOOL_REJECTED:
-        reason = _rejection_differs(folded, event)
-        if reason is not None:
-            return Divergence(session, event.seq, reason, tool, event.data["error"])
-    try:
-        replayed = step(folded, event)
-    except ArgumentsInvalid as e:
+    if isinstance(e, ArgumentsInvalid):
         return Divergence(session, event.seq, "recorded arguments are now rejected", tool, None, e.detail)
-    except EffectDiverged as e:
+    if isinstance(e, EffectDiverged):
         return Divergence(session, event.seq, e.detail, tool, e.recorded, e.replayed)
-    except EnvError as e:
+    if isinstance(e, EnvError):
         return Divergence(session, event.seq, e.detail, tool)
-    except Exception as e:
-        return Divergence(session, event.seq, f"the tool raised {type(e).__name__}: {e}", tool)
-    if event.kind == TOOL_CALLED:
-        recorded = event.data["observation"]
-        # Equal as it stands is equal once recorded; only a mismatch pays for the JSON round trip.
-        if replayed != recorded and (replayed := as_recorded(replayed)) != recorded:
-            return Divergence(session, event.seq, "observation differs", tool, recorded, replayed)
-    return None
+    return Divergence(session, event.seq, f"the tool raised {type(e).__name__}: {e}", tool)
 
 
 def _rejection_differs(folded: Folded, event: Event) -> str | None:
