@@ -247,15 +247,15 @@ class Tool:
             result: BaseModel = self.args_model.__pydantic_validator__.validate_python(raw)
             return result
         except ValidationError as e:
-            errors: list[dict[str, object]] = [
-                {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
-                for err in e.errors(include_url=False)
-            ]
-            summary = "; ".join(
-                f"{'.'.join(map(str, err['loc'])) or '(body)'}: {err['msg']}"
-                for err in e.errors(include_url=False)
-            )
+            summary, errors = _field_errors(e)
             raise ArgumentsInvalid(f"invalid arguments for tool {self.name!r}: {summary}", errors) from e
+
+
+def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
+    """A validation error as one line (`field: message; …`) and as JSON, field by field."""
+    errors = e.errors(include_url=False)
+    summary = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(body)'}: {err['msg']}" for err in errors)
+    return summary, [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in errors]
 
 
 def _as_json(value: Any) -> Any:
@@ -401,7 +401,8 @@ class Environment(Generic[T, S]):
         try:
             return self.task_model.model_validate(row)
         except ValidationError as e:
-            raise TaskInvalid(f"seed row does not fit {self.name!r}'s task: {e}") from e
+            summary, errors = _field_errors(e)
+            raise TaskInvalid(f"seed row does not fit {self.name!r}'s task: {summary}", errors) from e
 
     def start(self, task: T, ctx: Context) -> S:
         """The initial state of a session for `task`."""

@@ -123,26 +123,30 @@ class Conflict(EnvError):
     code = "conflict"
 
 
-class TaskInvalid(EnvError):
-    """Raised when a seed row does not validate against the environment's Task model."""
+class _FieldErrors(EnvError):
+    """A request that failed validation: the message, and pydantic's errors field by field."""
 
     status = 422
-    code = "task_invalid"
-
-
-class ArgumentsInvalid(EnvError):
-    """Raised when a tool call's arguments fail validation (the call is recorded as rejected)."""
-
-    status = 422
-    code = "arguments_invalid"
 
     def __init__(self, detail: str, errors: list[dict[str, object]] | None = None) -> None:
         super().__init__(detail)
         self.errors = errors or []
 
     def to_json(self) -> dict[str, object]:
-        """The JSON body, with pydantic's per-field errors."""
+        """The JSON body, with pydantic's per-field errors (`loc`, `msg`, `type`)."""
         return {"error": self.code, "detail": self.detail, "errors": self.errors}
+
+
+class TaskInvalid(_FieldErrors):
+    """Raised when a seed row does not validate against the environment's Task model."""
+
+    code = "task_invalid"
+
+
+class ArgumentsInvalid(_FieldErrors):
+    """Raised when a tool call's arguments fail validation (the call is recorded as rejected)."""
+
+    code = "arguments_invalid"
 
 
 class ToolError(EnvError):

@@ -76,6 +76,18 @@ async def test_errors_are_clear_json_with_the_right_status(client: TestClient[An
     assert COOKIE not in resp.cookies
     status, body, _ = await agent.post("/seed_session", {"initial_count": "many"})
     assert (status, body["error"]) == (422, "task_invalid")
+    # Field by field, as for arguments, and without pydantic's help-page links in the message.
+    assert body["errors"] == [
+        {
+            "loc": ["initial_count"],
+            "msg": "Input should be a valid integer, unable to parse string as an integer",
+            "type": "int_parsing",
+        }
+    ]
+    assert body["detail"] == (
+        "seed row does not fit 'counter''s task: initial_count: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )
     status, body, _ = await agent.post("/seed_session", raw=b'"a string"')
     assert (status, body["error"]) == (400, "bad_request")
     resp = await client.get("/nowhere/at/all")
