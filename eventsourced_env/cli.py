@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,7 +18,7 @@ from click.core import ParameterSource
 
 from .environment import Environment, Performer
 from .errors import ConfigError, EnvError
-from .export import FORMATS, Progress, export
+from .export import FORMATS, Progress, export, output_paths, staged
 from .judge import API_PATHS, JudgeClient, JudgeConfig
 from .loader import bundled, load_environment
 from .nemo import ServerSettings, find_server, from_environment, read_config
@@ -27,7 +28,6 @@ from .server import DEFAULT_MAX_BODY, check_exposure, create_app, serve
 from .snapshot import STATUSES, Filters, Snapshot, parse_time
 from .sqlite_store import SqliteStore
 from .stats import format_stats, stats
-from .store import SessionInfo
 
 __all__ = ["cli", "main", "run"]
 
@@ -93,12 +93,6 @@ def _judge(given: dict[str, Any]) -> JudgeClient | None:
     """The judge the options (and ESENV_JUDGE_* / OPENAI_* variables) describe, if any."""
     config = JudgeConfig.resolve(given)
     return JudgeClient(config) if config is not None else None
-
-
-def _existing_db(db: str) -> str:
-    if not Path(db).is_file():
-        raise click.ClickException(f"no event log at {db!r} (give --db PATH, or set ESENV_DB)")
-    return db
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -270,24 +264,17 @@ def sessions_command(db: str, env_name: str | None, limit: int, as_json: bool) -
     Example:
         esenv sessions --db runs.db --env counter --json
     """
-
-    async def read() -> list[SessionInfo]:
-        store = SqliteStore(_existing_db(db))
-        try:
-            return await store.sessions(env_name, limit)
-        finally:
-            await store.close()
-
-    infos = asyncio.run(read())
+    with Snapshot(db) as view:  # read-only: a file that is not a log is refused, never written
+        infos = view.infos(env_name, limit)
     if as_json:
         for info in infos:
             click.echo(orjson.dumps(info.to_json()))
         return
-    click.echo(f"{'session':<24} {'env':<12} {'events':>6}  {'last':<13} {'created (UTC)':<19}")
+    id_width = max((len(info.id) for info in infos), default=len("session"))
+    click.echo(f"{'session':<{id_width}} {'env':<12} {'events':>6}  {'last':<13} {'created (UTC)':<19}")
     for info in infos:
-        click.echo(
-            f"{info.id:<24} {info.env:<12} {info.last_seq:>6}  {info.last_kind:<13} {_when(info.created_at)}"
-        )
+        when = _when(info.created_at)
+        click.echo(f"{info.id:<{id_width}} {info.env:<12} {info.last_seq:>6}  {info.last_kind:<13} {when}")
     click.echo(f"{len(infos)} session(s)", err=True)
 
 
@@ -468,16 +455,15 @@ def save_replay_command(session: str, db: str, out: str, force: bool) -> None:
     """
     from .testing import write_replay
 
-    path = Path(out)
-    if path.exists() and not force:
-        raise click.ClickException(f"{out} exists; give --force to overwrite it")
-    if not path.parent.is_dir():
-        raise click.ClickException(f"the folder of {out} does not exist")
+    # As an export's: never over the log itself, over another file only with --force, and
+    # written beside it then renamed, so an interrupted save leaves no half-written replay.
+    files = output_paths("jsonl", out, force=force, db=db)
     with Snapshot(db) as view:
         events = view.events(session)
     if not events:
         raise ConfigError(f"no session {session!r} in {db}")
-    write_replay(path, events)
+    with staged(files) as temps:
+        write_replay(temps[0], events)
     click.echo(f"saved {len(events)} events of {session} to {out}")
 
 
@@ -595,9 +581,18 @@ def main(argv: list[str] | None = None) -> int:
     except EnvError as e:
         click.echo(f"Error: {e.detail}", err=True)
         return 2
+    except OSError as e:  # the system refused: a port in use, an unknown host, a path not writable
+        click.echo(f"Error: {e}", err=True)
+        return 1
     return code if isinstance(code, int) else 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
+
+
 def run() -> None:
-    """The console-script entry point."""
+    """The console-script entry point. SIGTERM ends a command as Ctrl-C does: what it was writing
+    is removed, not left half-written (`serve` drains and stops on its own handlers)."""
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

@@ -15,6 +15,7 @@ __all__ = [
     "EnvError",
     "EnvironmentDefinitionError",
     "InvalidRequest",
+    "LogCorrupt",
     "PayloadTooLarge",
     "SessionClosed",
     "SessionLimit",
@@ -195,6 +196,26 @@ class StoreError(EnvError):
 
     status = 500
     code = "store_error"
+
+
+class LogCorrupt(StoreError):
+    """Raised when a stored event is not an event envelope: the log was edited or damaged.
+
+    `reason` is what is wrong with it; `seq` its place in its session's log (1 for the first).
+    """
+
+    code = "log_corrupt"
+
+    def __init__(self, reason: str, session: str = "", seq: int = 0) -> None:
+        where = f"session {session!r}: event {seq}" if session else "a stored event"
+        super().__init__(f"{where} is not an event, the log was edited or damaged: {reason}")
+        self.reason = reason
+        self.session = session
+        self.seq = seq
+
+    def __reduce__(self) -> tuple[type[LogCorrupt], tuple[str, str, int]]:
+        # Rebuilt from its own arguments when unpickled (an error from a replay worker process).
+        return (type(self), (self.reason, self.session, self.seq))
 
 
 class StoreUnavailable(StoreError):

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, NamedTuple, TypedDict
 
 import orjson
 
-from .errors import Unrecordable
+from .errors import LogCorrupt, Unrecordable
 
 __all__ = [
     "CLOSED",
@@ -133,10 +133,20 @@ def make_event(prev: str, seq: int, kind: str, at: float, data: dict[str, Any]) 
 _new_tuple = tuple.__new__
 
 
-def decode_event(body: bytes, hash: str) -> Event:
-    """Rebuild an event from its stored bytes and stored hash (the hash is checked separately)."""
-    env = orjson.loads(body)
-    return _new_tuple(Event, (env["seq"], env["kind"], env["at"], env["prev"], env["data"], body, hash))
+def decode_event(body: bytes | str, hash: str) -> Event:
+    """Rebuild an event from its stored bytes and stored hash (the hash is checked separately).
+
+    Raises LogCorrupt if the body is not an event envelope (the log was edited or damaged). A body
+    edited into SQLite TEXT (`replace()` returns TEXT) is taken as its UTF-8 bytes, so its hash is
+    checked like any other.
+    """
+    try:
+        env = orjson.loads(body)
+        if isinstance(body, str):
+            body = body.encode()
+        return _new_tuple(Event, (env["seq"], env["kind"], env["at"], env["prev"], env["data"], body, hash))
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise LogCorrupt(f"{type(e).__name__}: {e}") from e
 
 
 def first_broken_link(events: list[Event]) -> int | None:

@@ -44,6 +44,7 @@ __all__ = [
     "Progress",
     "export",
     "output_paths",
+    "staged",
 ]
 
 FORMATS: Final = ("jsonl", "csv", "parquet", "sqlite", "nemo-rollouts")
@@ -348,7 +349,7 @@ def output_paths(
 
 
 @contextlib.contextmanager
-def _staged(files: list[Path]) -> Iterator[list[Path]]:
+def staged(files: list[Path]) -> Iterator[list[Path]]:
     """Hidden temporary files beside `files`, renamed onto them only if the block succeeds."""
     made_folder = False
     folder = files[0].parent
@@ -398,7 +399,7 @@ def export(
     files = output_paths(fmt, out, force=force, db=db)
     started = time.perf_counter()
     sessions = events = 0
-    with Snapshot(db) as snapshot, _staged(files) as temps:
+    with Snapshot(db) as snapshot, staged(files) as temps:
         writer = _writer(fmt, temps)
         try:
             bar = progress(snapshot.count(filters)) if progress else contextlib.nullcontext(None)

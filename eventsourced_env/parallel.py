@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .environment import Performer
+from .errors import EnvError, LogCorrupt
+from .events import Event
 from .replay import Divergence, Resolver, ReverifyReport, replay_logs, reverify_logs
 from .snapshot import Snapshot
 
@@ -49,6 +52,8 @@ _worker: tuple[Snapshot, Work[Any]] | None = None
 
 def _start_worker(db: Path, work: Work[Any]) -> None:
     global _worker
+    # Stopped by its pool with SIGTERM: go quietly, whatever handler the parent had.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker = (Snapshot(db), work)
 
 
@@ -89,6 +94,22 @@ def map_sessions(
             yield result
 
 
+def _readable(
+    view: Snapshot, chunk: list[str], unreadable: dict[str, Divergence]
+) -> Iterator[tuple[str, list[Event]]]:
+    """Each session of `chunk` with its events; one whose log cannot be read (an event edited into
+    something that is not an event) goes into `unreadable` instead, so the others are still checked."""
+    for session in chunk:
+        try:
+            events = view.events(session)
+        except LogCorrupt as e:
+            unreadable[session] = Divergence(session, e.seq, f"stored event is not an event ({e.reason})")
+        except EnvError as e:
+            unreadable[session] = Divergence(session, 1, f"its log cannot be read: {e.detail}")
+        else:
+            yield session, events
+
+
 def replay_file(
     db: str | Path,
     ids: Sequence[str],
@@ -102,8 +123,12 @@ def replay_file(
     """
 
     def work(view: Snapshot, chunk: list[str]) -> list[tuple[str, Divergence | None]]:
-        logs = ((session, view.events(session)) for session in chunk)
-        return list(zip(chunk, replay_logs(logs, resolve, view.snapshots), strict=True))
+        unreadable: dict[str, Divergence] = {}
+        logs = list(_readable(view, chunk, unreadable))
+        replayed = dict(
+            zip((session for session, _ in logs), replay_logs(logs, resolve, view.snapshots), strict=True)
+        )
+        return [(session, unreadable.get(session) or replayed[session]) for session in chunk]
 
     for part in map_sessions(db, ids, work, jobs, progress):
         yield from part
@@ -123,7 +148,10 @@ def reverify_file(
     """
 
     def work(view: Snapshot, chunk: list[str]) -> ReverifyReport:
-        return reverify_logs(((session, view.events(session)) for session in chunk), resolve, performers)
+        unreadable: dict[str, Divergence] = {}
+        report = reverify_logs(_readable(view, chunk, unreadable), resolve, performers)
+        report.errors.extend(unreadable.values())
+        return report
 
     report = ReverifyReport([], [])
     for part in map_sessions(db, ids, work, 1 if performers is not None else jobs, progress):

@@ -304,7 +304,8 @@ def reverify_logs(
     resolve: Resolver,
     performers: Mapping[str, Performer] | None = None,
 ) -> ReverifyReport:
-    """Re-verify every verified session among `logs` whose environment `resolve` can provide.
+    """Re-verify every verified session among `logs`; one whose environment `resolve` cannot provide
+    is an error, as is one whose hash chain is broken.
 
     With `performers`, effects (a judge) are performed again rather than taken from the log.
     """
@@ -314,6 +315,9 @@ def reverify_logs(
             continue
         env = resolve(_env_of(events))
         if env is None:
+            if any(e.kind == VERIFIED for e in events):  # a reward it cannot check: say so, not "none"
+                reason = f"environment {_env_of(events)!r} is not available to re-verify (give --env)"
+                report.errors.append(Divergence(session, 1, reason))
             continue
         broken = first_broken_link(events)
         if broken is not None:

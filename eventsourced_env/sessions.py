@@ -467,6 +467,8 @@ class Sessions:
 
     async def events(self, session: str, upto: int | None = None) -> list[Event]:
         """The session's events (up to seq `upto`)."""
+        if upto is not None and upto < 1:
+            raise BadRequest(f"upto must be a seq of 1 or more, not {upto}")
         events = await self.store.read(session, upto)
         if not events:
             raise SessionNotFound(f"unknown session {session!r}")

@@ -27,6 +27,7 @@ import orjson
 from .errors import ConfigError
 from .events import CLOSED, FORKED, SEEDED, TOOL_CALLED, TOOL_REJECTED, VERIFIED, Event
 from .sqlite_store import SqliteStore
+from .store import SessionInfo
 
 __all__ = [
     "STATUSES",
@@ -226,6 +227,10 @@ class Snapshot:
     def events(self, session: str) -> list[Event]:
         """One session's events in seq order (none if the log has no such session)."""
         return SqliteStore.read_sync(self._conn, session)
+
+    def infos(self, env: str | None = None, limit: int = 1000) -> list[SessionInfo]:
+        """A summary of each session (its last event), oldest first; only `env`'s if given."""
+        return SqliteStore.sessions_sync(self._conn, env, limit)
 
     def ids(self, filters: Filters) -> list[str]:
         """The ids of the sessions that pass the filters on the session index, oldest first.

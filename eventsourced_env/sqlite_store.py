@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import ConfigError, Conflict, EnvError, StoreError, StoreUnavailable
+from .errors import ConfigError, Conflict, EnvError, LogCorrupt, StoreError, StoreUnavailable
 from .events import SEEDED, Event, decode_event
 from .store import SessionInfo, Store
 
@@ -133,6 +133,14 @@ while requests := len(os.read(0, 65536)):
         break
     os.write(1, b"." * requests)
 """
+
+
+def _decodes(body: bytes, hash: str) -> bool:
+    try:
+        decode_event(body, hash)
+    except LogCorrupt:
+        return False
+    return True
 
 
 def _translate(e: Exception, session: str) -> EnvError:
@@ -424,7 +432,11 @@ class SqliteStore(Store):
             "SELECT body, hash FROM events WHERE session = ? AND seq <= ? ORDER BY seq",
             (session, upto if upto is not None else 2**62),
         ).fetchall()
-        return [decode_event(body, hash) for body, hash in rows]
+        try:
+            return [decode_event(body, hash) for body, hash in rows]
+        except LogCorrupt as e:
+            seq = next(i for i, row in enumerate(rows, start=1) if not _decodes(*row))
+            raise LogCorrupt(e.reason, session, seq) from e
 
     async def info(self, session: str) -> SessionInfo | None:
         """The summary of one session."""
@@ -435,10 +447,16 @@ class SqliteStore(Store):
 
     async def sessions(self, env: str | None = None, limit: int = 1000, offset: int = 0) -> list[SessionInfo]:
         """Sessions in creation order."""
+        return await self._run(lambda conn: self.sessions_sync(conn, env, limit, offset))
+
+    @staticmethod
+    def sessions_sync(
+        conn: sqlite3.Connection, env: str | None = None, limit: int = 1000, offset: int = 0
+    ) -> list[SessionInfo]:
+        """Sessions in creation order, read on a given connection (for `esenv sessions`)."""
         where, params = (" WHERE s.env = ?", [env]) if env else ("", [])
         sql = _SESSION_INFO + where + " ORDER BY s.created_at, s.id LIMIT ? OFFSET ?"
-        rows = await self._run(lambda conn: conn.execute(sql, [*params, limit, offset]).fetchall())
-        return [SessionInfo(*row) for row in rows]
+        return [SessionInfo(*row) for row in conn.execute(sql, [*params, limit, offset])]
 
     async def close(self) -> None:
         """Commit everything appended so far, then close every connection."""

@@ -1,6 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -40,9 +48,19 @@ def test_sessions_lists_a_log(db_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_sessions_without_a_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sessions", "--db", str(tmp_path / "none.db")]) == 1
+    assert main(["sessions", "--db", str(tmp_path / "none.db")]) == 2  # as every other command
     assert "no event log" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+    # A SQLite file that is not a log is refused and left as it was (it used to get our schema).
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE foo (x)")
+        conn.commit()
+    before = other.read_bytes()
+    assert main(["sessions", "--db", str(other)]) == 2
+    assert "is not an event log" in capsys.readouterr().err
+    assert other.read_bytes() == before
+    assert not Path(f"{other}-wal").exists()
 
 
 def test_serve_with_an_unknown_environment_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +111,69 @@ def test_save_replay_writes_a_loadable_golden_file(
     out = tmp_path / "case.jsonl"
     assert main(["save-replay", sid, "--db", str(db_path), "--out", str(out)]) == 0
     assert load_replay(out) == events
-    assert main(["save-replay", sid, "--db", str(db_path), "--out", str(out)]) == 1
+    assert main(["save-replay", sid, "--db", str(db_path), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["save-replay", "nobody", "--db", str(db_path), "--out", str(out), "--force"]) == 2
-    assert main(["save-replay", sid, "--db", str(db_path), "--out", str(tmp_path / "no" / "x.jsonl")]) == 1
+    assert load_replay(out) == events  # a failed save leaves the file it would have replaced
+    assert main(["save-replay", sid, "--db", str(db_path), "--out", str(tmp_path / "no" / "x.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # Not even --force writes over the event log itself.
+    log_before = db_path.read_bytes()
+    assert main(["save-replay", sid, "--db", str(db_path), "--out", str(db_path), "--force"]) == 2
+    assert "is the event log" in capsys.readouterr().err
+    assert db_path.read_bytes() == log_before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_port_in_use_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "counter", "--db", str(tmp_path / "s.db"), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "address already in use" in err
+    assert "Traceback" not in err
+
+
+def test_an_output_path_the_system_refuses_is_an_error_not_a_traceback(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(SqliteStore(db_path).close())  # an empty log
+    assert main(["export", "--db", str(db_path), "--format", "jsonl", "--out", "/proc/x.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "/proc" in err and "Traceback" not in err
+
+
+def test_sigterm_during_an_export_leaves_nothing_behind(tmp_path: Path) -> None:
+    from tools.bench import write_counter_log
+
+    db, out = tmp_path / "big.db", tmp_path / "export"  # csv writes a folder
+    write_counter_log(db, 300_000)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventsourced_env",
+            "export",
+            "--db",
+            str(db),
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(out.glob(".*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the export finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    assert not out.exists()  # the folder it made, the staged files in it: all gone

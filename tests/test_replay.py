@@ -175,3 +175,54 @@ def test_reverify_refuses_a_tampered_log(db_path: Path, capsys: pytest.CaptureFi
     captured = capsys.readouterr()
     assert f"session {sid}: hash chain broken at seq 2" in captured.err
     assert "no verified sessions" in captured.out
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_event_edited_in_sql_is_reported_not_a_crash(
+    db_path: Path, jobs: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The natural edit (SQLite's replace() returns TEXT) and a body that is not JSON at all: each
+    # session is named with its seq, the others are still checked, and no command raises.
+    ids = record(db_path, counter_env, COUNTER_SCRIPT)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(
+            "UPDATE events SET body = replace(body, '\"count\":', '\"count\": ')"
+            " WHERE session = ? AND seq = 2",
+            (ids[0],),
+        )
+        conn.execute(
+            "UPDATE events SET body = x'676172626167652100' WHERE session = ? AND seq = 3", (ids[2],)
+        )
+        conn.commit()
+        assert conn.execute(
+            "SELECT typeof(body) FROM events WHERE session = ? AND seq = 2", (ids[0],)
+        ).fetchone() == ("text",)
+    assert main(["replay", "--db", str(db_path), "--jobs", jobs]) == 1
+    out = capsys.readouterr().out
+    assert f"session {ids[0]}: hash chain broken at seq 2" in out
+    [line] = [line for line in out.splitlines() if ids[2] in line]
+    assert line.startswith(f"session {ids[2]}: stored event is not an event (JSONDecodeError")
+    assert line.endswith("at seq 3")
+    assert "2 of 3 session(s) diverged" in out
+    assert main(["reverify", "--db", str(db_path), "--jobs", jobs]) == 1
+    captured = capsys.readouterr()
+    assert f"session {ids[0]}: hash chain broken at seq 2" in captured.err
+    assert f"session {ids[2]}: stored event is not an event" in captured.err
+    assert "1 verified session(s)" in captured.out  # the intact one is still scored
+    # An export of a damaged log stops with the session and seq named, and writes nothing.
+    out_file = db_path.parent / "out.jsonl"
+    assert main(["export", "--db", str(db_path), "--format", "jsonl", "--out", str(out_file)]) == 2
+    assert f"session {ids[2]!r}: event 3 is not an event" in capsys.readouterr().err
+    assert not out_file.exists()
+
+
+def test_reverify_says_when_it_cannot_score_a_verified_session(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Served from an environment `esenv` does not bundle: without --env it cannot re-score it, and
+    # must say so (it used to print "no verified sessions" and exit 0).
+    [sid] = record(db_path, clock_env, [[("add", {"amount": 1})]])
+    assert main(["reverify", "--db", str(db_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"session {sid}: environment 'tally' is not available to re-verify (give --env)" in captured.err
+    assert main(["reverify", "--db", str(db_path), "--env", "tests.envs_for_tests:clock_env"]) == 0

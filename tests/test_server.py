@@ -149,6 +149,12 @@ async def test_reading_sessions_events_and_state(client: TestClient[Any, Any]) -
     assert await (await client.get(f"/sessions/{sid}/state")).json() == {"seq": 2, "state": {"count": 5}}
     resp = await client.get(f"/sessions/{sid}/state?at=x")
     assert resp.status == 400
+    assert [e["seq"] for e in await (await client.get(f"/sessions/{sid}/events?upto=1")).json()] == [1]
+    for upto in ("0", "-1"):  # no such prefix: a bad request, not an "unknown session"
+        resp = await client.get(f"/sessions/{sid}/events?upto={upto}")
+        body = await resp.json()
+        assert (resp.status, body["error"]) == (400, "bad_request")
+        assert body["detail"] == f"upto must be a seq of 1 or more, not {upto}"
     resp = await client.get("/sessions/unknown/events")
     assert resp.status == 404 and (await resp.json())["error"] == "session_not_found"
 
