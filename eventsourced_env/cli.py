@@ -191,7 +191,8 @@ def serve_command(
     \b
     Example:
         esenv serve counter --db runs.db --port 8000
-        esenv serve --config environments/qa_judge/configs/qa_judge.yaml --judge-model m
+        esenv serve --config environments/qa_judge/configs/qa_judge.yaml \\
+            --judge-base-url http://127.0.0.1:9000/v1 --judge-model m
     """
     judge_given = {key: judge_options[option] for option, key in _JUDGE_OPTIONS.items()}
     if config_file is not None or nemo_gym:
@@ -575,9 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except click.Abort:
+    except click.Abort:  # Ctrl-C
         click.echo("Aborted!", err=True)
-        return 1
+        return 130
     except EnvError as e:
         click.echo(f"Error: {e.detail}", err=True)
         return 2

@@ -305,7 +305,7 @@ def reverify_logs(
     performers: Mapping[str, Performer] | None = None,
 ) -> ReverifyReport:
     """Re-verify every verified session among `logs`; one whose environment `resolve` cannot provide
-    is an error, as is one whose hash chain is broken.
+    is an error, as is one whose hash chain is broken, and (re-judging) one whose effect failed now.
 
     With `performers`, effects (a judge) are performed again rather than taken from the log.
     """
@@ -333,6 +333,13 @@ def reverify_logs(
             continue
         except Exception as e:
             report.errors.append(Divergence(session, 1, f"cannot re-verify: {type(e).__name__}: {e}"))
+            continue
+        if result is not None and performers is not None and result.new_failure is not None:
+            # A judge that is down now says nothing about the verifier: an error, not a lower reward.
+            seq = next(ev.seq for ev in reversed(events) if ev.kind == VERIFIED)
+            failure = result.new_failure
+            reason = f"re-asking failed ({failure['kind']}_failed: {failure['error']}); not scored"
+            report.errors.append(Divergence(session, seq, reason))
             continue
         if result is not None:
             report.results.append(result)

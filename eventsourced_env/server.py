@@ -233,6 +233,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     _authorize(request, own_session_ok=False)
     limit = _int_query(request, "limit", 1000) or 1000
     offset = _int_query(request, "offset", 0) or 0
+    if limit < 1 or offset < 0:
+        raise BadRequest(f"limit must be 1 or more and offset 0 or more, not {limit} and {offset}")
     infos = await request.app[SESSIONS].store.sessions(request.query.get("env"), limit, offset)
     return _json([info.to_json() for info in infos])
 

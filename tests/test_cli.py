@@ -177,3 +177,16 @@ def test_sigterm_during_an_export_leaves_nothing_behind(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err
     assert not out.exists()  # the folder it made, the staged files in it: all gone
+
+
+def test_ctrl_c_exits_130(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import eventsourced_env.cli
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eventsourced_env.cli, "stats", interrupted)
+    assert main(["stats", "--db", str(db_path)]) == 130
+    assert "Aborted!" in capsys.readouterr().err

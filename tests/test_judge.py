@@ -207,6 +207,17 @@ async def test_rejudge_asks_again_and_reports_old_and_new_verdicts(
     }
     # Re-judging reads the log only: the recorded verdicts stand.
     assert [d["details"]["verdict"] for d in verified_data(db_path)] == ["correct", "correct"]
+    # A judge that fails now is an error for each session, not a reward that fell to 0.
+    with StubJudge() as down:
+        down.plan = ["500"] * 100
+        flags = ["--rejudge", "--judge-base-url", down.base_url, "--judge-model", "stub-judge"]
+        assert main(["reverify", "--db", str(db_path), "--json", *flags, "--judge-retries", "0"]) == 1
+    report = orjson.loads(capsys.readouterr().out)
+    assert (report["verified_sessions"], report["changed"], report["mean_reward_after"]) == (0, 0, None)
+    for error in report["errors"]:
+        assert error["reason"].startswith("re-asking failed (judge_failed: the judge failed 1 time(s)")
+        assert "HTTP 500" in error["reason"] and error["reason"].endswith("; not scored")
+    assert len(report["errors"]) == 2
 
 
 def test_rejudge_needs_a_judge(

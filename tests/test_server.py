@@ -141,6 +141,9 @@ async def test_reading_sessions_events_and_state(client: TestClient[Any, Any]) -
     await agent.post("/increment_counter", {"count": 4})
     listing = await (await client.get("/sessions")).json()
     assert [(s["id"], s["events"], s["last_kind"]) for s in listing] == [(sid, 2, "tool_called")]
+    for query in ("limit=-1", "offset=-5"):
+        resp = await client.get(f"/sessions?{query}")
+        assert (resp.status, (await resp.json())["error"]) == (400, "bad_request")
     info = await (await client.get(f"/sessions/{sid}")).json()
     assert info["env"] == "counter"
     events = await (await client.get(f"/sessions/{sid}/events")).json()
