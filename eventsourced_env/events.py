@@ -145,7 +145,7 @@ def decode_event(body: bytes | str, hash: str) -> Event:
         if isinstance(body, str):
             body = body.encode()
         return _new_tuple(Event, (env["seq"], env["kind"], env["at"], env["prev"], env["data"], body, hash))
-    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+    except (orjson.JSONDecodeError, TypeError, KeyError) as e:
         raise LogCorrupt(f"{type(e).__name__}: {e}") from e
 
 

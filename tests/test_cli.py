@@ -133,6 +133,7 @@ def test_a_port_in_use_is_an_error_not_a_traceback(
         taken.listen()
         port = taken.getsockname()[1]
         assert main(["serve", "counter", "--db", str(tmp_path / "s.db"), "--port", str(port)]) == 1
+    assert not (tmp_path / "s.db-wal").exists()  # the store was closed, not left open
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and "address already in use" in err
     assert "Traceback" not in err
