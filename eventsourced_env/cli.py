@@ -17,7 +17,7 @@ import orjson
 from click.core import ParameterSource
 
 from .environment import Environment, Performer
-from .errors import ConfigError, EnvError
+from .errors import ConfigError, EnvError, StoreUnavailable
 from .export import FORMATS, Progress, export, output_paths, staged
 from .judge import API_PATHS, JudgeClient, JudgeConfig
 from .loader import bundled, load_environment
@@ -435,6 +435,8 @@ def reverify_command(
                 f"{summary['verified_sessions']} verified session(s), {summary['changed']} reward(s) "
                 f"changed; mean reward {before:.4g} -> {after:.4g}"
             )
+        elif report.errors:  # there were sessions to score; none could be
+            click.echo(f"no session re-verified; {len(report.errors)} error(s) above")
         else:
             click.echo("no verified sessions")
     ctx.exit(1 if (fail_on_change and report.changed) or report.errors else 0)
@@ -579,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:  # Ctrl-C
         click.echo("Aborted!", err=True)
         return 130
+    except StoreUnavailable as e:  # the system refused the log (locked, an I/O error): as for OSError
+        click.echo(f"Error: {e.detail}", err=True)
+        return 1
     except EnvError as e:
         click.echo(f"Error: {e.detail}", err=True)
         return 2

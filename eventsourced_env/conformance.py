@@ -118,7 +118,13 @@ def run_oracle(
                     prev, seq, TOOL_REJECTED, float(seq), {"tool": name, "args": args, "error": e.detail}
                 )
             else:
+                given, before = state, state.model_dump(mode="json")
                 state, observation = env.run_tool(tool, state, parsed, Context(session_seed, seq, float(seq)))
+                if given.model_dump(mode="json") != before:
+                    raise ConformanceError(
+                        f"seq {seq}: tool {name!r} changed the state it was given in place (a list or "
+                        "dict inside it?); a State is immutable: return a new one (model_copy(update=…))"
+                    )
                 seen = _plain_json(observation, seq)
                 data = {"tool": name, "args": parsed.model_dump(mode="json"), "observation": observation}
                 event = make_event(prev, seq, TOOL_CALLED, float(seq), data)
@@ -142,8 +148,8 @@ def _plain_json(value: Any, seq: int) -> Any:
         raise ConformanceError(f"seq {seq}: the observation is not JSON-serializable: {e}") from e
     if seen != value:
         raise ConformanceError(
-            f"seq {seq}: the observation changes in a JSON round trip (tuples? non-string keys?), "
-            "so a replay from the log would not match it"
+            f"seq {seq}: the observation changes in a JSON round trip (tuples? non-string keys?): the "
+            f"agent reads {seen!r}, not {value!r}; return it as the agent will see it"
         )
     return seen
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -258,6 +259,18 @@ def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
     return summary, [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in errors]
 
 
+def _is_step(value: Any) -> bool:
+    """True if a tool returned what a tool must: (new_state, observation)."""
+    return type(value) is tuple and len(value) == 2 and isinstance(value[0], State)
+
+
+def _shape(value: Any) -> str:
+    """What a tool returned, for the error that says it is not (state, observation)."""
+    if type(value) is tuple:
+        return f"a tuple of {len(value)} ({', '.join(type(v).__name__ for v in value)})"
+    return f"a {type(value).__name__}"
+
+
 def _as_json(value: Any) -> Any:
     """An observation or detail as plain JSON data (pydantic models dumped)."""
     if isinstance(value, BaseModel):
@@ -416,9 +429,13 @@ class Environment(Generic[T, S]):
         unchanged state, so the model can recover.
         """
         try:
-            new_state, observation = tool.fn(state, args, ctx)
+            result: Any = tool.fn(state, args, ctx)
         except ToolError as e:
             return state, {"error": e.detail}
+        if not _is_step(result):
+            # Caught here, not at the next call: a pydantic state unpacks as (name, value) pairs.
+            raise TypeError(f"it must return (new_state, observation), a State first; not {_shape(result)}")
+        new_state, observation = result
         return new_state, _as_json(observation)
 
     def run_verifier(self, state: S, task: T, response: Any, ctx: Context | None = None) -> VerifyResult:
@@ -434,6 +451,11 @@ class Environment(Generic[T, S]):
                 result = self._verifier(state, task, response)
         except EffectFailed as e:
             return VerifyResult(reward=0.0, failure={"kind": e.kind, "error": e.detail})
-        if isinstance(result, VerifyResult):
-            return result
-        return VerifyResult(reward=float(result))
+        if not isinstance(result, VerifyResult):
+            result = VerifyResult(reward=float(result))
+        # NaN or infinity would be logged as null (JSON has neither) and poison every mean over it.
+        scores = {"reward": result.reward, **{f"components[{k!r}]": v for k, v in result.components.items()}}
+        bad = {name: value for name, value in scores.items() if not math.isfinite(value)}
+        if bad:
+            raise ValueError(f"the verifier's scores must be finite numbers: {bad}")
+        return result

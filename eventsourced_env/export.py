@@ -139,8 +139,8 @@ def _event_rows(log: SessionLog) -> Iterator[tuple[Any, ...]]:
             e.kind,
             e.at,
             data.get("tool"),
-            data.get("args"),
-            data.get("observation"),
+            _json_cell(data, "args"),
+            _json_cell(data, "observation"),
             data.get("error"),
             float(reward) if reward is not None else None,
             extra or None,
@@ -149,8 +149,18 @@ def _event_rows(log: SessionLog) -> Iterator[tuple[Any, ...]]:
         )
 
 
+#: A JSON null that is there (a tool's observation of None), as against a value that is missing:
+#: CSV writes the one as `null` and the other as an empty cell, Parquet as "null" and as null.
+_NULL: Final = object()
+
+
+def _json_cell(data: dict[str, Any], key: str) -> Any:
+    value = data.get(key)
+    return _NULL if value is None and key in data else value
+
+
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return "null" if value is _NULL else orjson.dumps(value).decode()
 
 
 # -- writers: one per format, each fed one session at a time ------------------------------------
@@ -340,17 +350,31 @@ def output_paths(
         if out.is_dir():
             raise ConfigError(f"{fmt} writes one file, but {str(out)!r} is a folder; give a file path")
         files = [out]
+    # The log and the files SQLite keeps beside it: writing over its WAL would lose its latest events.
+    log = Path(db).resolve() if db is not None else None
+    log_files = {Path(f"{log}{suffix}") for suffix in _SQLITE_FILES} if log is not None else set()
     for file in files:
-        if db is not None and file.exists() and file.resolve() == Path(db).resolve():
-            raise ConfigError(f"{str(file)!r} is the event log being exported; choose another --out")
+        if file.resolve() in log_files:
+            raise ConfigError(
+                f"{str(file)!r} is the event log being exported (or a file of SQLite's beside it); "
+                "choose another --out"
+            )
         if file.exists() and not force:
             raise ConfigError(f"{str(file)!r} exists; pass --force to write over it")
     return files
 
 
+#: A SQLite database file, and the files SQLite keeps beside it (by suffix).
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+
+
 @contextlib.contextmanager
-def staged(files: list[Path]) -> Iterator[list[Path]]:
-    """Hidden temporary files beside `files`, renamed onto them only if the block succeeds."""
+def staged(files: list[Path], *, sqlite: bool = False) -> Iterator[list[Path]]:
+    """Hidden temporary files beside `files`, renamed onto them only if the block succeeds.
+
+    `sqlite`: the files are SQLite databases, so the WAL, shared-memory and journal files of those
+    they replace go too; SQLite would otherwise apply a stale WAL to the new database.
+    """
     made_folder = False
     folder = files[0].parent
     if not folder.exists():
@@ -366,6 +390,9 @@ def staged(files: list[Path]) -> Iterator[list[Path]]:
             folder.rmdir()
         raise
     for temp, file in zip(temps, files, strict=True):
+        if sqlite:
+            for suffix in _SQLITE_FILES[1:]:
+                Path(f"{file}{suffix}").unlink(missing_ok=True)
         os.replace(temp, file)
 
 
@@ -399,7 +426,7 @@ def export(
     files = output_paths(fmt, out, force=force, db=db)
     started = time.perf_counter()
     sessions = events = 0
-    with Snapshot(db) as snapshot, staged(files) as temps:
+    with Snapshot(db) as snapshot, staged(files, sqlite=fmt == "sqlite") as temps:
         writer = _writer(fmt, temps)
         try:
             bar = progress(snapshot.count(filters)) if progress else contextlib.nullcontext(None)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import pkgutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from .environment import Environment
-from .errors import ConfigError
+from .errors import ConfigError, EnvError
 
 __all__ = ["bundled", "load_environment"]
 
@@ -51,7 +53,9 @@ def load_environment(spec: str) -> Environment[Any, Any]:
             raise ConfigError(f"cannot import {target!r}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
+        _importable(path.resolve().parent)  # its sibling modules, as for `python path/to/env.py`
+        with _one_line(f"cannot load environment file {target!r}"):
+            module_spec.loader.exec_module(module)
         return _pick(module, attr, spec)
     if attr is None and "." not in target:
         if target not in bundled():
@@ -60,8 +64,25 @@ def load_environment(spec: str) -> Environment[Any, Any]:
                 "or give `module:attribute` or a .py file"
             )
         target = f"environments.{target}"
-    try:
+    _importable(Path.cwd())  # the current folder's packages, as for `python -m`
+    with _one_line(f"cannot import environment module {target!r}"):
         module = importlib.import_module(target)
-    except ImportError as e:
-        raise ConfigError(f"cannot import environment module {target!r}: {e}") from e
     return _pick(module, attr, spec)
+
+
+def _importable(folder: Path) -> None:
+    """Let the modules in `folder` be imported (it goes first on `sys.path`, as Python puts a script's)."""
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
+@contextlib.contextmanager
+def _one_line(what: str) -> Iterator[None]:
+    """Any error importing the user's code (a missing module, a syntax error, a crash at import) as one
+    ConfigError line; our own errors (an environment defined wrongly) pass as they are."""
+    try:
+        yield
+    except EnvError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"{what}: {type(e).__name__}: {e}") from e

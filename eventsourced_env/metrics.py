@@ -21,6 +21,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
+from .errors import BadRequest
+
 __all__ = ["SUCCESS_THRESHOLD", "PassAtK", "aggregate_metrics", "pass_at_k", "pass_at_k_over_groups"]
 
 SUCCESS_THRESHOLD: Final = 1.0
@@ -78,12 +80,20 @@ def _summarise(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
             columns[key].append(value)
     out: dict[str, float] = {}
     for key, values in columns.items():
-        out[f"mean/{key}"] = statistics.fmean(values)
+        out[f"mean/{key}"] = _mean(values)
         out[f"max/{key}"] = max(values)
         out[f"min/{key}"] = min(values)
         out[f"median/{key}"] = statistics.median(values)
         out[f"std/{key}"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return out
+
+
+def _mean(values: list[float]) -> float:
+    """The mean, also of numbers whose sum is beyond a float's range (as large rewards can be)."""
+    try:
+        return statistics.fmean(values)
+    except OverflowError:
+        return math.fsum(v / len(values) for v in values)
 
 
 def _group_order(index: Any) -> tuple[int, float, str]:
@@ -97,7 +107,10 @@ def aggregate_metrics(verify_responses: list[Mapping[str, Any]]) -> dict[str, An
     """The reply to `/aggregate_metrics` for a list of verify replies."""
     groups: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
     for row in verify_responses:
-        groups[row.get("_ng_task_index")].append(row)
+        index = row.get("_ng_task_index")
+        if isinstance(index, list | dict):
+            raise BadRequest(f"_ng_task_index must be a number or a string, not {index!r}")
+        groups[index].append(row)
     group_level = [
         {"_ng_task_index": index, "num_rollouts": len(rows), **_summarise(rows)}
         for index, rows in sorted(groups.items(), key=lambda kv: _group_order(kv[0]))

@@ -15,6 +15,7 @@ Sits on top, beside `cli` (which it serves); imports `replay` and `snapshot`.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -50,10 +51,28 @@ def default_jobs() -> int:
 _worker: tuple[Snapshot, Work[Any]] | None = None
 
 
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold SIGINT while processes are forked in the block: they are born with it held (and the pool's
+    threads, which fork replacements, too); a worker ignores it, then lets it through
+    (`_start_worker`). Ctrl-C reaches the whole process group, and the parent, not each worker,
+    answers it by stopping the pool. Ignored only once a worker had started, a Ctrl-C just after
+    the fork hit a worker still starting up: a traceback, and a replacement worker left behind. The
+    parent gets a Ctrl-C held meanwhile as the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _start_worker(db: Path, work: Work[Any]) -> None:
     global _worker
-    # Stopped by its pool with SIGTERM: go quietly, whatever handler the parent had.
+    # Stopped by its pool with SIGTERM: go quietly, whatever handler the parent had. Deaf to Ctrl-C,
+    # which the parent answers (see `_ctrl_c_held`): ignored, then no longer held.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _worker = (Snapshot(db), work)
 
 
@@ -87,7 +106,9 @@ def map_sessions(
                 yield result
         return
     # Fork: the workers inherit `work` and what it closes over, nothing is pickled but the ids.
-    with multiprocessing.get_context("fork").Pool(jobs, _start_worker, (path, work)) as pool:
+    with _ctrl_c_held():
+        pool = multiprocessing.get_context("fork").Pool(jobs, _start_worker, (path, work))
+    with pool:
         for chunk, result in zip(chunks, pool.imap(_run_chunk, chunks), strict=True):
             if progress is not None:
                 progress(len(chunk))

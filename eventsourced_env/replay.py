@@ -69,6 +69,13 @@ class Divergence:
         return f"{head}\n    recorded: {self.recorded!r}\n    replayed: {self.replayed!r}"
 
 
+def _broken(session: str, events: list[Event]) -> Divergence | None:
+    """The session's broken hash chain, if it is: an edited seeded event names no environment we have,
+    and is reported as the edit it is."""
+    broken = first_broken_link(events)
+    return Divergence(session, broken, "hash chain broken") if broken is not None else None
+
+
 def _env_of(events: list[Event]) -> str:
     return str(events[0].data.get("env", "?")) if events else "?"
 
@@ -83,9 +90,9 @@ def check_log(
 
     `snapshots` (seq -> stored snapshot) are checked against the fold at their seq too.
     """
-    broken = first_broken_link(events)
-    if broken is not None:
-        return Divergence(session, broken, "hash chain broken")
+    tampered = _broken(session, events)
+    if tampered is not None:
+        return tampered
     if not events:
         return Divergence(session, 1, "the log is empty")
     try:
@@ -112,7 +119,10 @@ def check_log(
                 )
         if snapshots and event.seq in snapshots:
             folded_now = orjson.loads(snapshot_body(folded))
-            stored = orjson.loads(snapshots[event.seq])
+            try:
+                stored = orjson.loads(snapshots[event.seq])
+            except orjson.JSONDecodeError as e:
+                return Divergence(session, event.seq, f"stored snapshot is not JSON ({e})")
             if stored != folded_now:
                 return Divergence(
                     session, event.seq, "snapshot differs from the fold", None, stored, folded_now
@@ -190,7 +200,8 @@ def replay_logs(
         if env is None:
             yield (
                 session,
-                Divergence(session, 1, f"environment {_env_of(events)!r} is not available to replay"),
+                _broken(session, events)
+                or Divergence(session, 1, f"environment {_env_of(events)!r} is not available to replay"),
             )
             continue
         yield session, check_log(env, session, events, snapshots_of(session) if snapshots_of else None)
@@ -319,14 +330,17 @@ def reverify_logs(
             continue
         env = resolve(_env_of(events))
         if env is None:
-            if any(e.kind == VERIFIED for e in events):  # a reward it cannot check: say so, not "none"
+            tampered = _broken(session, events)
+            if tampered is not None:
+                report.errors.append(tampered)
+            elif any(e.kind == VERIFIED for e in events):  # a reward it cannot check: say so, not "none"
                 reason = f"environment {_env_of(events)!r} is not available to re-verify (give --env)"
                 report.errors.append(Divergence(session, 1, reason))
             continue
-        broken = first_broken_link(events)
-        if broken is not None:
+        tampered = _broken(session, events)
+        if tampered is not None:
             # A reward recomputed from a tampered log would mean nothing: report, do not score.
-            report.errors.append(Divergence(session, broken, "hash chain broken"))
+            report.errors.append(tampered)
             continue
         try:
             result = reverify_log(env, session, events, performers)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -51,8 +52,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+def _encode(data: Any) -> bytes:
+    """`data` as JSON. orjson has limits JSON has not (integers beyond 64 bits, nesting beyond 254
+    levels: a tool's state may hold the one, a request body the other); past them, the standard
+    library's encoder."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    return web.Response(body=_encode(data), status=status, content_type="application/json")
 
 
 def _error(error: EnvError) -> web.Response:
@@ -134,14 +145,18 @@ def _authorize(request: web.Request, *, own_session_ok: bool) -> None:
         raise Unauthorized("this route needs the server's token: send `Authorization: Bearer <token>`")
 
 
-def _int_query(request: web.Request, name: str, default: int | None = None) -> int | None:
+def _int_query(request: web.Request, name: str) -> int | None:
+    """An integer query parameter (None if absent), within what the store can compare with."""
     value = request.query.get(name)
     if value is None:
-        return default
+        return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise BadRequest(f"query parameter {name!r} must be an integer, not {value!r}") from None
+    if not -(2**63) <= number < 2**63:
+        raise BadRequest(f"query parameter {name!r} is out of range (64-bit integers): {value!r}")
+    return number
 
 
 # -- NeMo Gym's routes ----------------------------------------------------------------------------
@@ -181,6 +196,12 @@ def _failure_fields(failure: dict[str, str]) -> dict[str, str]:
 async def verify(request: web.Request) -> web.Response:
     """Score the session: the request body echoed back with `reward` (and `reward_components`)."""
     body = await _object(request)
+    try:  # the reply echoes the body: find out now, before anything is recorded, that it can
+        _encode(body)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise BadRequest(
+            f"request body cannot be echoed back as JSON ({e}): it is nested too deeply"
+        ) from None
     session = _incoming(request)
     sessions = request.app[SESSIONS]
     if session is None:
@@ -228,8 +249,9 @@ async def tools(request: web.Request) -> web.Response:
 async def list_sessions(request: web.Request) -> web.Response:
     """Sessions in creation order (`?env=`, `?limit=`, `?offset=`)."""
     _authorize(request, own_session_ok=False)
-    limit = _int_query(request, "limit", 1000) or 1000
-    offset = _int_query(request, "offset", 0) or 0
+    limit = _int_query(request, "limit")
+    offset = _int_query(request, "offset")
+    limit, offset = 1000 if limit is None else limit, 0 if offset is None else offset
     if limit < 1 or offset < 0:
         raise BadRequest(f"limit must be 1 or more and offset 0 or more, not {limit} and {offset}")
     infos = await request.app[SESSIONS].store.sessions(request.query.get("env"), limit, offset)

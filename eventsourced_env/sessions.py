@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import re
 import secrets
 import time
@@ -38,6 +39,7 @@ from .errors import (
     SessionLimit,
     SessionNotFound,
     TaskInvalid,
+    ToolError,
     ToolFailed,
     TooManySessions,
     Unrecordable,
@@ -47,6 +49,8 @@ from .fold import Attempt, Folded, as_recorded, attempt, fold, resume, snapshot_
 from .store import SessionInfo, Store
 
 __all__ = ["EFFECT_THREADS", "MAX_FORKS", "SESSION_ID_PATTERN", "Sessions"]
+
+log = logging.getLogger("eventsourced_env.sessions")
 
 R = TypeVar("R")
 
@@ -58,6 +62,16 @@ EFFECT_THREADS = 32
 _NO_SESSION = (
     "no session: POST /seed_session first; the session travels in the cookie (or X-Session-Id header) it sets"
 )
+
+
+def _json_types(value: Any) -> bool:
+    """True if `value` is made of JSON's types only (dicts with string keys, lists, strings, numbers,
+    booleans, None): what a tool's observation must be, whatever the sizes of its numbers."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_types(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_json_types(v) for v in value)
+    return value is None or isinstance(value, str | int | float)
 
 
 def _new_session_id() -> str:
@@ -185,6 +199,27 @@ class Sessions:
         folded.used = self._clock()
         return folded
 
+    def _save_snapshot(self, session: str, folded: Folded) -> None:
+        """Keep a snapshot of `folded` with the next batch. Derived data: a state JSON cannot hold
+        (an integer beyond 64 bits…) gets none, and its rebuilds fold from further back."""
+        try:
+            body = snapshot_body(folded)
+        except TypeError as e:
+            log.warning("no snapshot of session %s at seq %d: %s", session, folded.seq, e)
+            return
+        self.store.save_snapshot(session, folded.seq, body)
+
+    def _make_room(self, new: int) -> None:
+        """Refuse `new` more live sessions beyond `max_live` (once the idle ones are evicted)."""
+        if self.max_live is None or len(self._cache) + new <= self.max_live:
+            return
+        self.evict_idle()
+        if len(self._cache) + new > self.max_live:
+            raise TooManySessions(
+                f"the server holds {len(self._cache)} of its cap of {self.max_live} live sessions; "
+                f"{new} more would exceed it; retry later"
+            )
+
     def evict_idle(self) -> int:
         """Drop from memory the sessions unused for longer than `idle_ttl` (their logs stay); how many."""
         if self.idle_ttl is None:
@@ -222,6 +257,8 @@ class Sessions:
         """The environment's initial state; a crash in it is the environment's bug (500)."""
         try:
             state: State = self.env.start(task, Context(seed, 1, at))
+        except ToolError as e:  # the task cannot start (a level that does not exist…): the row's fault
+            raise TaskInvalid(f"the task cannot start: {e.detail}") from e
         except EnvError:
             raise
         except Exception as e:
@@ -232,6 +269,8 @@ class Sessions:
         """The verifier's result; a crash in it is the environment's bug (500)."""
         try:
             return self.env.run_verifier(state, task, response, ctx)
+        except ToolError as e:  # a tool's recoverable error means nothing to a verifier: a bug (500)
+            raise ToolFailed(f"{self.env.name!r}'s verifier raised ToolError: {e.detail}") from e
         except EnvError:
             raise
         except Exception as e:
@@ -269,8 +308,7 @@ class Sessions:
             raise TaskInvalid("_ng_session_id must be 1-128 characters of letters, digits and _ . : -")
         seed = _session_seed(row, secrets.randbits(63))
         session = chosen or _new_session_id()
-        if self.max_live is not None and len(self._cache) >= self.max_live and not self.evict_idle():
-            raise TooManySessions(f"the server holds its cap of {self.max_live} live sessions; retry later")
+        self._make_room(1)
         async with self._lock(session):
             if chosen is not None:
                 existing = await self.store.read(session, upto=1)
@@ -316,6 +354,9 @@ class Sessions:
             try:
                 event = make_event(folded.hash, seq, result.kind, at, data)
             except Unrecordable as e:
+                if not _json_types(result.data.get("observation")):  # a set, an object…: the tool's bug
+                    detail = f"tool {tool_name!r} returned an observation that is not JSON: {e.detail}"
+                    raise ToolFailed(detail) from e
                 # The result cannot be written down (say, a number beyond 64 bits): refuse the call.
                 result = Attempt(
                     TOOL_REJECTED, {"tool": tool_name, "args": raw, "error": e.detail}, folded.state, e
@@ -329,7 +370,7 @@ class Sessions:
                 raise result.error
             folded.state = result.state
             if self.snapshot_every and folded.seq % self.snapshot_every == 0:
-                self.store.save_snapshot(session, folded.seq, snapshot_body(folded))
+                self._save_snapshot(session, folded)
             return data["observation"]
 
     def _recorded(self, folded: Folded, key: str, tool_name: str, raw: Any) -> Any:
@@ -359,7 +400,7 @@ class Sessions:
             seq, at = folded.seq + 1, self._clock()
             if self._executor is None:
                 effects = None
-                result = self._score(folded.state, folded.task, response)
+                result = self._score(folded.state, folded.task, response, Context(folded.seed, seq, at))
             else:
                 effects = Effects.live(self.performers)
                 ctx = Context(folded.seed, seq, at, effects)
@@ -409,16 +450,19 @@ class Sessions:
         if any(e.kind == CLOSED for e in events):
             raise Conflict(f"session {parent!r} is closed by seq {last}; fork it before its close")
         base = fold(self.env, events)
+        self._make_room(count)
         forks = []
         for _ in range(count):
             session = _new_session_id()
-            forked = make_event(
-                events[-1].hash, last + 1, FORKED, self._clock(), {"parent": parent, "at": last}
-            )
+            at_time = self._clock()
+            forked = make_event(events[-1].hash, last + 1, FORKED, at_time, {"parent": parent, "at": last})
             await self.store.append(session, [*events, forked])
-            self._remember(
-                session, Folded(self.env, base.task, base.seed, base.state, forked.seq, forked.hash)
+            # As a rebuild from its log would have it: the parent's state and idempotency keys.
+            keys = dict(base.keys)
+            folded = Folded(
+                self.env, base.task, base.seed, base.state, forked.seq, forked.hash, keys=keys, used=at_time
             )
+            self._remember(session, folded)
             forks.append(session)
         return forks
 

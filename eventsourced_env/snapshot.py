@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailable
 from .events import CLOSED, FORKED, SEEDED, TOOL_CALLED, TOOL_REJECTED, VERIFIED, Event
 from .sqlite_store import SqliteStore
 from .store import SessionInfo
@@ -37,6 +37,9 @@ __all__ = [
     "Snapshot",
     "parse_time",
 ]
+
+#: SQLite's words for a file the system will not let us read now (as against one that is not a log).
+_REFUSED = ("locked", "disk i/o error", "unable to open", "busy")
 
 STATUSES: Final = ("open", "verified", "closed")
 
@@ -100,7 +103,14 @@ class Filters:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer a 64-bit column holds (task and rollout indexes are exported as such), else None."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return value if is_int and -(2**63) <= value < 2**63 else None
+
+
+def _reward(value: Any) -> float | None:
+    """A recorded reward; None where a log written before rewards had to be finite holds null."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass(slots=True)
@@ -160,7 +170,7 @@ class SessionSummary:
             elif event.kind == TOOL_REJECTED:
                 summary.rejected += 1
             elif event.kind == VERIFIED:
-                summary.reward = float(data["reward"])
+                summary.reward = _reward(data.get("reward"))
                 summary.reward_components = data.get("components") or {}
                 summary.verifier_version = data.get("verifier_version")
                 summary.response = data.get("response")
@@ -183,13 +193,16 @@ class SessionLog:
 class Snapshot:
     """One read transaction over an event log file, on a read-only connection of its own."""
 
+    #: Seconds to wait for a lock another process holds on the file before giving up.
+    busy_timeout: float = 5.0
+
     def __init__(self, db: str | Path) -> None:
         self.path = Path(db)
         if not self.path.is_file():
             raise ConfigError(f"no event log at {str(db)!r} (give --db PATH, or set ESENV_DB)")
         uri = self.path.resolve().as_uri() + "?mode=ro"
         try:
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout)
         except sqlite3.Error as e:
             raise ConfigError(f"cannot open the event log {str(db)!r}: {e}") from e
         self._snapshotted: set[str] | None = None
@@ -200,6 +213,9 @@ class Snapshot:
             self._conn.execute("SELECT count(*) FROM sessions WHERE id = ''").fetchone()
         except sqlite3.Error as e:
             self._conn.close()
+            if isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in _REFUSED):
+                # The file may well be a log: the system will not let us read it now.
+                raise StoreUnavailable(f"cannot read the event log {str(db)!r} now: {e}") from e
             raise ConfigError(f"{str(db)!r} is not an event log: {e}") from e
 
     def __enter__(self) -> Snapshot:
@@ -219,7 +235,12 @@ class Snapshot:
     def snapshots(self, session: str) -> dict[int, bytes]:
         """The session's stored state snapshots by seq (derived data, for replay to check)."""
         if self._snapshotted is None:  # few sessions have any: one query, not one per session
-            self._snapshotted = {s for (s,) in self._conn.execute("SELECT DISTINCT session FROM snapshots")}
+            has_table = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'"
+            ).fetchone()
+            # A log from before state snapshots has no table of them, and so none to check.
+            rows = self._conn.execute("SELECT DISTINCT session FROM snapshots") if has_table else []
+            self._snapshotted = {s for (s,) in rows}
         if session not in self._snapshotted:
             return {}
         return SqliteStore.snapshots_sync(self._conn, session)

@@ -160,3 +160,27 @@ def test_run_oracle_hands_the_verifier_the_trajectory_as_a_responses_api_respons
     kinds = [item["type"] for item in response["output"]]
     assert kinds == ["function_call", "function_call_output"] * 2 + ["message"]
     assert orjson.loads(response["output"][1]["output"]) == run.calls[0][2]
+
+
+class Pile(State):
+    items: list[int] = []
+
+
+def test_a_tool_that_changes_its_state_in_place_is_named() -> None:
+    env: Environment[Any, Any] = Environment("pile", version="1", task=Task)
+    env.initial(lambda task, ctx: Pile())
+
+    @env.tool
+    def put(state: Pile, args: Draw, ctx: Context) -> tuple[Pile, Any]:
+        """Put `times` on the pile: in place, which a State must not be."""
+        state.items.append(args.times)
+        return state, {"items": list(state.items)}
+
+    env.verifier(lambda state, task, response: 1.0)
+
+    def put_twice(row: dict[str, Any]) -> Generator[tuple[str, dict[str, Any]], Any, None]:
+        yield ("put", {"times": 1})
+        yield ("put", {"times": 2})
+
+    with pytest.raises(ConformanceError, match=r"seq 2: tool 'put' changed the state it was given in place"):
+        check_env(env, [{}], put_twice)

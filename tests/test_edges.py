@@ -1,0 +1,497 @@
+"""Edges a review found: environments that break their contract, values past orjson's limits, forks
+against idempotency keys and the live-session cap, odd metrics input, loading user code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import DummyCookieJar
+from aiohttp.test_utils import TestClient
+
+from environments.counter import env as counter_env
+from eventsourced_env import (
+    Args,
+    Context,
+    Environment,
+    Sessions,
+    SqliteStore,
+    State,
+    Task,
+    ToolError,
+    VerifyResult,
+)
+from eventsourced_env.cli import main
+from eventsourced_env.errors import ConfigError
+from eventsourced_env.events import VERIFIED, make_event
+from eventsourced_env.loader import load_environment
+from eventsourced_env.server import HEADER, IDEMPOTENCY_HEADER, SESSIONS, create_app
+from eventsourced_env.snapshot import Filters, SessionSummary, Snapshot
+from tests.conftest import ClientFactory, row
+from tests.test_server import Agent
+
+BIG = 2**63  # an increment JSON carries; two of them make a count it cannot
+
+
+async def kinds(client: TestClient[Any, Any], session: str | None) -> list[str]:
+    return [e.kind for e in await client.app[SESSIONS].store.read(session or "")]
+
+
+# -- forks ------------------------------------------------------------------------------------------
+
+
+async def test_a_fork_keeps_its_parents_idempotency_keys(client: TestClient[Any, Any]) -> None:
+    agent = Agent(client)
+    await agent.post("/seed_session", row())
+    sid = agent.cookie
+    key = {HEADER: sid or "", IDEMPOTENCY_HEADER: "k1"}
+    assert (await client.post("/increment_counter", data=b'{"count": 2}', headers=key)).status == 200
+    fork = (await (await client.post(f"/sessions/{sid}/fork", data=b'{"at": 2}')).json())["sessions"][0]
+    # The same call retried on the fork, still in memory: the recorded outcome, not a second increment.
+    retry = {HEADER: fork, IDEMPOTENCY_HEADER: "k1"}
+    resp = await client.post("/increment_counter", data=b'{"count": 2}', headers=retry)
+    assert (resp.status, await resp.json()) == (200, {"success": True})
+    state = await (await client.get(f"/sessions/{fork}/state")).json()
+    assert state == {"seq": 3, "state": {"count": 2}}
+    assert await kinds(client, fork) == ["seeded", "tool_called", "forked"]
+    # A different call under that key is refused, as on the parent.
+    resp = await client.post("/increment_counter", data=b'{"count": 5}', headers=retry)
+    assert resp.status == 409
+
+
+async def test_forks_count_against_the_live_session_cap(aiohttp_client: ClientFactory, db_path: Path) -> None:
+    app = create_app(counter_env, SqliteStore(db_path), max_live=3)
+    client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    agent = Agent(client)
+    await agent.post("/seed_session", row())
+    await agent.post("/seed_session", row())
+    resp = await client.post(f"/sessions/{agent.cookie}/fork", data=b'{"count": 2}')
+    assert resp.status == 503 and (await resp.json())["error"] == "too_many_sessions"
+    assert len(await app[SESSIONS].store.sessions()) == 2  # nothing written
+    resp = await client.post(f"/sessions/{agent.cookie}/fork", data=b'{"count": 1}')
+    assert resp.status == 200 and app[SESSIONS].live == 3
+
+
+# -- values past orjson's limits ----------------------------------------------------------------------
+
+
+async def test_a_state_beyond_64_bits_is_served_and_skips_its_snapshot(
+    aiohttp_client: ClientFactory, db_path: Path
+) -> None:
+    app = create_app(counter_env, SqliteStore(db_path), snapshot_every=3)
+    client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    agent = Agent(client)
+    await agent.post("/seed_session", row())
+    assert (await agent.post("/increment_counter", {"count": BIG}))[0] == 200
+    # seq 3 is a snapshot's turn: the state (2**64) has no orjson snapshot, and the call still succeeds.
+    assert (await agent.post("/increment_counter", {"count": BIG}))[:2] == (200, {"success": True})
+    assert await kinds(client, agent.cookie) == ["seeded", "tool_called", "tool_called"]
+    resp = await client.get(f"/sessions/{agent.cookie}/state")
+    assert resp.status == 200
+    assert orjson.loads(await resp.read())["state"]["count"] == float(2 * BIG)  # orjson reads it as a float
+    assert json.loads(await resp.read())["state"]["count"] == 2 * BIG  # the exact integer is on the wire
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_verify_echoes_deep_bodies_or_refuses_them_before_recording(
+    client: TestClient[Any, Any],
+) -> None:
+    agent = Agent(client)
+    await agent.post("/seed_session", row())
+    sid = agent.cookie
+    body = {**row(), "response": {"output": []}, "meta": _nested(300)}  # deeper than orjson writes
+    status, reply, _ = await agent.post("/verify", raw=json.dumps(body).encode())
+    assert status == 200 and reply["meta"] == body["meta"] and reply["reward"] == 0.0
+    agent.cookie = sid
+    too_deep = b'{"response": {"output": []}, "meta": ' + b"[" * 1020 + b"0" + b"]" * 1020 + b"}"
+    status, reply, _ = await agent.post("/verify", raw=too_deep)
+    assert (status, reply["error"]) == (400, "bad_request")
+    assert await kinds(client, sid) == ["seeded", "verified"]  # only the first
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/sessions?limit=0",
+        "/sessions?limit=99999999999999999999999",
+        "/sessions?offset=99999999999999999999999",
+        "/sessions/{sid}/events?upto=99999999999999999999999",
+        "/sessions/{sid}/state?at=-99999999999999999999999",
+    ],
+)
+async def test_query_integers_out_of_range_are_400(client: TestClient[Any, Any], query: str) -> None:
+    agent = Agent(client)
+    await agent.post("/seed_session", row())
+    resp = await client.get(query.format(sid=agent.cookie))
+    assert resp.status == 400 and (await resp.json())["error"] == "bad_request"
+
+
+async def test_aggregate_metrics_odd_input(client: TestClient[Any, Any]) -> None:
+    bad = {"verify_responses": [{"reward": 1, "_ng_task_index": [1]}]}
+    resp = await client.post("/aggregate_metrics", data=orjson.dumps(bad))
+    assert resp.status == 400 and "_ng_task_index" in (await resp.json())["detail"]
+    huge = {"verify_responses": [{"reward": 1e308, "_ng_task_index": 0}] * 2}
+    resp = await client.post("/aggregate_metrics", data=orjson.dumps(huge))
+    assert resp.status == 200 and (await resp.json())["agent_metrics"]["mean/reward"] == 1e308
+
+
+# -- environments that break their contract -------------------------------------------------------------
+
+
+class Level(Task):
+    level: int = 0
+    session_seed: int | None = None
+
+
+class Box(State):
+    n: int = 0
+    items: list[int] = []
+
+
+class V(Args):
+    v: int = 0
+
+
+def _env(
+    tool: Any, verifier: Any = lambda state, task, response: 1.0, initial: Any = None
+) -> Environment[Any, Any]:
+    env: Environment[Any, Any] = Environment("edgy", version="1", task=Level)
+    env.initial(initial or (lambda task, ctx: Box()))
+    tool.__annotations__.update(state=Box, args=V, ctx=Context)
+    tool.__doc__ = "A tool."
+    env.tool(tool)
+    env.verifier(verifier)
+    return env
+
+
+async def _serve(aiohttp_client: ClientFactory, db_path: Path, env: Environment[Any, Any]) -> Agent:
+    client = await aiohttp_client(create_app(env, SqliteStore(db_path)), cookie_jar=DummyCookieJar())
+    return Agent(client)
+
+
+def state_only(state: Box, args: V, ctx: Context) -> Any:
+    return state.model_copy(update={"n": 1})
+
+
+def swapped(state: Box, args: V, ctx: Context) -> Any:
+    return {"ok": True}, state
+
+
+def dict_state(state: Box, args: V, ctx: Context) -> Any:
+    return {"n": 5, "items": []}, {"ok": True}
+
+
+def a_set(state: Box, args: V, ctx: Context) -> Any:
+    return state, {"s": {1, 2}}
+
+
+@pytest.mark.parametrize(
+    ("tool", "detail"),
+    [
+        (state_only, "must return (new_state, observation), a State first; not a Box"),
+        (swapped, "not a tuple of 2 (dict, Box)"),
+        (dict_state, "not a tuple of 2 (dict, dict)"),
+        (a_set, "returned an observation that is not JSON"),
+    ],
+)
+async def test_a_tool_returning_the_wrong_thing_is_500_and_appends_nothing(
+    aiohttp_client: ClientFactory, db_path: Path, tool: Any, detail: str
+) -> None:
+    agent = await _serve(aiohttp_client, db_path, _env(tool))
+    await agent.post("/seed_session", {})
+    sid = agent.cookie
+    status, reply, _ = await agent.post(f"/{tool.__name__}", {})
+    assert (status, reply["error"]) == (500, "tool_failed") and detail in reply["detail"]
+    assert await kinds(agent.client, sid) == ["seeded"]
+
+
+async def test_the_live_verifier_gets_the_sessions_context(
+    aiohttp_client: ClientFactory, db_path: Path
+) -> None:
+    def verify(state: Box, task: Level, response: Any, ctx: Context) -> float:
+        return 1.0 if (ctx.seed, ctx.seq) == (task.session_seed, 2) else 0.0
+
+    agent = await _serve(aiohttp_client, db_path, _env(state_only, verify))
+    await agent.post("/seed_session", {"session_seed": 42})
+    status, reply, _ = await agent.post("/verify", {"session_seed": 42, "response": {"output": []}})
+    assert (status, reply["reward"]) == (200, 1.0)
+    # Stateless, from the same row: the same context, the same reward.
+    agent.cookie = None
+    status, reply, _ = await agent.post("/verify", {"session_seed": 42, "response": {"output": []}})
+    assert (status, reply["reward"]) == (200, 1.0)
+
+
+@pytest.mark.parametrize(
+    "score", [math.nan, math.inf, VerifyResult(reward=1.0, components={"precision": -math.inf})]
+)
+async def test_a_non_finite_reward_is_500_and_not_recorded(
+    aiohttp_client: ClientFactory, db_path: Path, score: Any
+) -> None:
+    agent = await _serve(aiohttp_client, db_path, _env(state_only, lambda state, task, response: score))
+    await agent.post("/seed_session", {})
+    sid = agent.cookie
+    status, reply, _ = await agent.post("/verify", {"response": {"output": []}})
+    assert (status, reply["error"]) == (500, "tool_failed") and "finite" in reply["detail"]
+    assert await kinds(agent.client, sid) == ["seeded"]
+
+
+async def test_tool_error_outside_a_tool_is_not_a_200(aiohttp_client: ClientFactory, db_path: Path) -> None:
+    def initial(task: Level, ctx: Context) -> Box:
+        if task.level == 9:
+            raise ToolError("no level 9")
+        return Box()
+
+    def verify(state: Box, task: Level, response: Any) -> float:
+        raise ToolError("cannot score")
+
+    agent = await _serve(aiohttp_client, db_path, _env(state_only, verify, initial))
+    status, reply, _ = await agent.post("/seed_session", {"level": 9})
+    assert (status, reply["error"]) == (422, "task_invalid") and "no level 9" in reply["detail"]
+    assert await agent.client.app[SESSIONS].store.sessions() == []
+    await agent.post("/seed_session", {"level": 1})
+    sid = agent.cookie
+    status, reply, _ = await agent.post("/verify", {"response": {"output": []}})
+    assert (status, reply["error"]) == (500, "tool_failed") and "cannot score" in reply["detail"]
+    assert await kinds(agent.client, sid) == ["seeded"]
+
+
+def test_a_summary_of_a_log_with_a_null_reward() -> None:
+    """Logs written before rewards had to be finite hold NaN as null: read as no reward, not a crash."""
+    seeded = make_event("", 1, "seeded", 1.0, {"env": "x", "env_version": "1", "seed": 0, "row": {}})
+    verified = make_event(seeded.hash, 2, VERIFIED, 2.0, {"reward": None, "components": {}})
+    summary = SessionSummary.of("s", "x", 1.0, [seeded, verified])
+    assert summary.reward is None and summary.status == "verified"
+
+
+# -- loading user code ----------------------------------------------------------------------------------
+
+ENV_FILE = """
+from eventsourced_env import Environment, Task, State
+from helpers import NAME
+env = Environment(NAME, version="1", task=Task)
+env.initial(lambda task, ctx: State())
+env.verifier(lambda state, task, response: 1.0)
+"""
+
+
+def test_user_environments_import_their_neighbours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "helpers.py").write_text("NAME = 'neighbourly'\n")
+    (tmp_path / "my_env.py").write_text(ENV_FILE)
+    assert load_environment(str(tmp_path / "my_env.py")).name == "neighbourly"
+    # By module path, from the current folder (as `python -m` would find it).
+    pkg = tmp_path / "work" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "envmod.py").write_text(ENV_FILE.replace("from helpers import NAME", "NAME = 'by_module'"))
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", os.getcwd())])
+    assert load_environment("mypkg.envmod:env").name == "by_module"
+
+
+def test_user_code_that_fails_to_import_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("def oops(:\n")
+    with pytest.raises(ConfigError, match=r"cannot load environment file .*broken\.py.*SyntaxError"):
+        load_environment(str(tmp_path / "broken.py"))
+    (tmp_path / "crashes.py").write_text("raise RuntimeError('at import')\n")
+    with pytest.raises(ConfigError, match="RuntimeError: at import"):
+        load_environment(str(tmp_path / "crashes.py"))
+
+
+# -- the command line against damaged, old, locked and live logs -------------------------------------
+
+
+def _log(db: Path, sessions: int = 3, snapshot_every: int | None = None) -> list[str]:
+    """A counter log of `sessions` sessions of three increments each, verified."""
+
+    async def build() -> list[str]:
+        store = SqliteStore(db)
+        live = Sessions(counter_env, store, snapshot_every=snapshot_every)
+        ids = []
+        for _ in range(sessions):
+            sid = await live.seed(row(initial=0, expected=3))
+            for _ in range(3):
+                await live.call(sid, "increment_counter", {"count": 1})
+            await live.verify(sid, {"output": []})
+            ids.append(sid)
+        await store.close()
+        return ids
+
+    return asyncio.run(build())
+
+
+@pytest.mark.parametrize("command", ["export", "save-replay"])
+def test_no_output_may_be_one_of_the_logs_sqlite_files(
+    db_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [sid] = _log(db_path, 1)
+    for suffix in ("-wal", "-shm", "-journal"):
+        out = f"{db_path}{suffix}"
+        args = ["--format", "jsonl"] if command == "export" else [sid]
+        assert main([command, "--db", str(db_path), *args, "--out", out, "--force"]) == 2
+        assert "is the event log being exported" in capsys.readouterr().err
+        assert not Path(out).exists()
+
+
+def test_a_sqlite_export_over_a_log_with_a_stale_wal_is_the_new_log(tmp_path: Path) -> None:
+    old, new, out = tmp_path / "old.db", tmp_path / "new.db", tmp_path / "out.db"
+    _log(old, 2)
+    new_ids = _log(new, 3)
+    # A copy of the old log as a crashed server leaves it: its latest commits still in its WAL.
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("INSERT INTO sessions (id, env, created_at) VALUES ('stale', 'counter', 0)")
+    conn.commit()
+    shutil.copy(old, out)
+    shutil.copy(f"{old}-wal", f"{out}-wal")
+    conn.close()
+    assert main(["export", "--db", str(new), "--format", "sqlite", "--out", str(out), "--force"]) == 0
+    assert not Path(f"{out}-wal").exists() or Path(f"{out}-wal").stat().st_size == 0
+    with Snapshot(out) as view:
+        assert view.ids(Filters()) == new_ids
+
+
+def test_replay_of_a_log_from_before_state_snapshots(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _log(db_path, 2)
+    conn = sqlite3.connect(db_path)
+    conn.execute("DROP TABLE snapshots")
+    conn.commit()
+    conn.close()
+    assert main(["replay", "--db", str(db_path)]) == 0
+    assert "replayed 2 session(s)" in capsys.readouterr().out
+
+
+def test_a_damaged_snapshot_is_reported_and_the_other_sessions_checked(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _log(db_path, 3, snapshot_every=2)
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE snapshots SET body = X'6e6f7420736e6170' WHERE session = ?", (ids[1],))
+    conn.commit()
+    conn.close()
+    for jobs in ("1", "2"):
+        assert main(["replay", "--db", str(db_path), "--jobs", jobs, "--json"]) == 1
+        report = orjson.loads(capsys.readouterr().out)
+        assert report["sessions"] == 3
+        [divergence] = report["divergences"]
+        assert divergence["session"] == ids[1] and divergence["seq"] == 2
+        assert divergence["reason"].startswith("stored snapshot is not JSON")
+
+
+@pytest.mark.parametrize("edit", ["env", "drop"])
+def test_an_edited_or_missing_seeded_event_is_a_broken_chain(
+    db_path: Path, edit: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [sid] = _log(db_path, 1)
+    conn = sqlite3.connect(db_path)
+    if edit == "env":
+        body = conn.execute("SELECT body FROM events WHERE session = ? AND seq = 1", (sid,)).fetchone()[0]
+        forged = body.replace(b'"env":"counter"', b'"env":"counterx"')
+        conn.execute("UPDATE events SET body = ? WHERE session = ? AND seq = 1", (forged, sid))
+    else:
+        conn.execute("DELETE FROM events WHERE session = ? AND seq = 1", (sid,))
+    conn.commit()
+    conn.close()
+    assert main(["replay", "--db", str(db_path)]) == 1
+    assert f"session {sid}: hash chain broken at seq 1" in capsys.readouterr().out
+    assert main(["reverify", "--db", str(db_path), "--env", "counter"]) == 1
+    assert f"session {sid}: hash chain broken at seq 1" in capsys.readouterr().err
+
+
+def test_tables_tell_a_json_null_from_a_missing_value(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    db = tmp_path / "log.db"
+
+    def poke(state: Box, args: V, ctx: Context) -> Any:
+        return state, None  # an observation of null
+
+    env = _env(poke)
+
+    async def build() -> None:
+        store = SqliteStore(db)
+        live = Sessions(env, store)
+        sid = await live.seed({"_ng_task_index": 2**64 - 1})  # beyond a 64-bit column: exported empty
+        await live.call(sid, "poke", {})
+        await store.close()
+
+    asyncio.run(build())
+    for fmt in ("csv", "parquet"):
+        assert main(["export", "--db", str(db), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    with (tmp_path / "csv" / "events.csv").open() as f:
+        seeded, called = list(csv.DictReader(f))
+    assert (seeded["observation"], called["observation"]) == ("", "null")
+    events = pq.read_table(tmp_path / "parquet" / "events.parquet").to_pylist()
+    assert [e["observation"] for e in events] == [None, "null"]
+    sessions = pq.read_table(tmp_path / "parquet" / "sessions.parquet").to_pylist()
+    assert sessions[0]["task_index"] is None
+
+
+def test_a_locked_log_is_refused_by_the_system_not_called_a_non_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "log.db"
+    _log(db, 1)
+    assert main(["export", "--db", str(db), "--format", "sqlite", "--out", str(tmp_path / "copy.db")]) == 0
+    holder = sqlite3.connect(tmp_path / "copy.db", isolation_level=None)  # a rollback-journal file
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(Snapshot, "busy_timeout", 0.05)
+    assert main(["sessions", "--db", str(tmp_path / "copy.db")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the event log" in err and "locked" in err and "not an event log" not in err
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert main(["sessions", "--db", str(tmp_path / "copy.db")]) == 0
+
+
+def test_ctrl_c_during_a_parallel_replay_prints_no_traceback(tmp_path: Path) -> None:
+    from tools.bench import write_counter_log
+
+    db = tmp_path / "big.db"
+    write_counter_log(db, 300_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventsourced_env", "replay", "--db", str(db), "--jobs", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the replay finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: to the whole group, workers included
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if stat[stat.rindex(")") + 2 :].split()[1] == str(pid):
+                    found.append(int(entry.name))
+    return found
