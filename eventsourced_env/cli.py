@@ -209,6 +209,7 @@ def serve_command(
     environment = load_environment(env)
     judge = _judge(judge_given) if "judge" in environment.effects else None
     performers: dict[str, Performer] = judge.performers() if judge is not None else {}
+    new_log = db != ":memory:" and not Path(db).exists()
     store = SqliteStore(db, synchronous=synchronous)
 
     def announce(url: str) -> None:
@@ -235,7 +236,13 @@ def serve_command(
         )
         await serve(app, host=host, port=port, announce=announce)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except OSError:  # it could not listen (a port in use, an unknown host): leave no empty log behind
+        if new_log:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        raise
 
 
 def _from_config(settings: ServerSettings, **given: Any) -> tuple[Any, ...]:

@@ -133,8 +133,13 @@ def test_a_port_in_use_is_an_error_not_a_traceback(
         taken.listen()
         port = taken.getsockname()[1]
         assert main(["serve", "counter", "--db", str(tmp_path / "s.db"), "--port", str(port)]) == 1
-    assert not (tmp_path / "s.db-wal").exists()  # the store was closed, not left open
-    err = capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert not list(tmp_path.iterdir())  # no empty log left behind, nor its WAL
+        # A log that was there stays, whole.
+        asyncio.run(SqliteStore(tmp_path / "kept.db").close())
+        before = (tmp_path / "kept.db").read_bytes()
+        assert main(["serve", "counter", "--db", str(tmp_path / "kept.db"), "--port", str(port)]) == 1
+        assert (tmp_path / "kept.db").read_bytes() == before
     assert err.startswith("Error: ") and "address already in use" in err
     assert "Traceback" not in err
 
