@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -47,6 +48,8 @@ MAX_BODY = web.AppKey("max_body", int)
 TOKEN = web.AppKey("token", str)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+#: The deepest nesting a request body may have: orjson's limit in reading it.
+_MAX_DEPTH = 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -55,11 +58,17 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 def _encode(data: Any) -> bytes:
     """`data` as JSON. orjson has limits JSON has not (integers beyond 64 bits, nesting beyond 254
     levels: a tool's state may hold the one, a request body the other); past them, the standard
-    library's encoder."""
+    library's encoder, with room for the 1,024 levels a request body may have (orjson reads that
+    many; the recursion limit, 1,000 by default, would stop the standard library short of it)."""
     try:
         return orjson.dumps(data)
     except TypeError:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 4 * _MAX_DEPTH))
+        try:
+            return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -196,12 +205,6 @@ def _failure_fields(failure: dict[str, str]) -> dict[str, str]:
 async def verify(request: web.Request) -> web.Response:
     """Score the session: the request body echoed back with `reward` (and `reward_components`)."""
     body = await _object(request)
-    try:  # the reply echoes the body: find out now, before anything is recorded, that it can
-        _encode(body)
-    except (TypeError, ValueError, RecursionError) as e:
-        raise BadRequest(
-            f"request body cannot be echoed back as JSON ({e}): it is nested too deeply"
-        ) from None
     session = _incoming(request)
     sessions = request.app[SESSIONS]
     if session is None:

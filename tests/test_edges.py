@@ -113,20 +113,22 @@ def _nested(depth: int) -> Any:
     return value
 
 
-async def test_verify_echoes_deep_bodies_or_refuses_them_before_recording(
-    client: TestClient[Any, Any],
-) -> None:
+async def test_verify_echoes_bodies_as_deep_as_it_reads(client: TestClient[Any, Any]) -> None:
     agent = Agent(client)
     await agent.post("/seed_session", row())
-    sid = agent.cookie
-    body = {**row(), "response": {"output": []}, "meta": _nested(300)}  # deeper than orjson writes
-    status, reply, _ = await agent.post("/verify", raw=json.dumps(body).encode())
-    assert status == 200 and reply["meta"] == body["meta"] and reply["reward"] == 0.0
-    agent.cookie = sid
-    too_deep = b'{"response": {"output": []}, "meta": ' + b"[" * 1020 + b"0" + b"]" * 1020 + b"}"
-    status, reply, _ = await agent.post("/verify", raw=too_deep)
-    assert (status, reply["error"]) == (400, "bad_request")
-    assert await kinds(client, sid) == ["seeded", "verified"]  # only the first
+    sid = agent.cookie or ""
+    deepest = b"[" * 1023 + b"0" + b"]" * 1023  # with the object around it, the 1,024 levels orjson reads
+    for meta in (b"[" * 300 + b"0" + b"]" * 300, deepest):  # both deeper than orjson writes
+        body = b'{"response": {"output": []}, "meta": ' + meta + b"}"
+        resp = await client.post("/verify", data=body, headers={HEADER: sid})
+        raw = await resp.read()
+        assert resp.status == 200 and orjson.loads(raw)["reward"] == 0.0
+        assert b'"meta":' + meta in raw  # echoed whole
+    # A `response` too deep to record is refused, and nothing is recorded.
+    body = b'{"response": ' + b"[" * 300 + b"0" + b"]" * 300 + b"}"
+    resp = await client.post("/verify", data=body, headers={HEADER: sid})
+    assert (resp.status, (await resp.json())["error"]) == (422, "unrecordable")
+    assert await kinds(client, sid) == ["seeded", "verified", "verified"]  # the two echoed
 
 
 @pytest.mark.parametrize(
