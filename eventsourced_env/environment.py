@@ -259,11 +259,6 @@ def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
     return summary, [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in errors]
 
 
-def _is_step(value: Any) -> bool:
-    """True if a tool returned what a tool must: (new_state, observation)."""
-    return type(value) is tuple and len(value) == 2 and isinstance(value[0], State)
-
-
 def _shape(value: Any) -> str:
     """What a tool returned, for the error that says it is not (state, observation)."""
     if type(value) is tuple:
@@ -432,7 +427,7 @@ class Environment(Generic[T, S]):
             result: Any = tool.fn(state, args, ctx)
         except ToolError as e:
             return state, {"error": e.detail}
-        if not _is_step(result):
+        if type(result) is not tuple or len(result) != 2 or not isinstance(result[0], State):
             # Caught here, not at the next call: a pydantic state unpacks as (name, value) pairs.
             raise TypeError(f"it must return (new_state, observation), a State first; not {_shape(result)}")
         new_state, observation = result
