@@ -263,7 +263,9 @@ def _when(at: float) -> str:
 @cli.command(name="sessions")
 @_db_option
 @click.option("--env", "env_name", default=None, help="Only sessions of this environment.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1), help="At most this many.")
+@click.option(
+    "--limit", default=1000, show_default=True, type=click.IntRange(1, 2**63 - 1), help="At most this many."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def sessions_command(db: str, env_name: str | None, limit: int, as_json: bool) -> None:
     """List the sessions in an event log, oldest first.

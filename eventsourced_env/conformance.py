@@ -136,7 +136,10 @@ def run_oracle(
             name, args = calls.send(seen)
     except StopIteration:
         pass
-    run.result = env.run_verifier(state, task, trajectory_response(run.calls))
+    seq = len(run.events) + 1  # the verified event's, as the server would number it
+    run.result = env.run_verifier(
+        state, task, trajectory_response(run.calls), Context(session_seed, seq, float(seq))
+    )
     return run
 
 
@@ -272,7 +275,7 @@ def _check_row(
         raise ConformanceError("the same seed gave another initial state")
     _check_round_trip(state, 1)
     if oracle is None:
-        env.run_verifier(state, task, trajectory_response([]))
+        env.run_verifier(state, task, trajectory_response([]), Context(session_seed, 2, 2.0))
         return
     run = run_oracle(env, row, oracle, seed=seed)
     _check_same_run(run, run_oracle(env, row, oracle, seed=seed))

@@ -250,6 +250,8 @@ class Tool:
         except ValidationError as e:
             summary, errors = _field_errors(e)
             raise ArgumentsInvalid(f"invalid arguments for tool {self.name!r}: {summary}", errors) from e
+        except ToolError as e:  # raised by a validator of the arguments': refused as invalid ones are
+            raise ArgumentsInvalid(f"invalid arguments for tool {self.name!r}: {e.detail}") from e
 
 
 def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
@@ -261,8 +263,8 @@ def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
 
 def _shape(value: Any) -> str:
     """What a tool returned, for the error that says it is not (state, observation)."""
-    if type(value) is tuple:
-        return f"a tuple of {len(value)} ({', '.join(type(v).__name__ for v in value)})"
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(type(v).__name__ for v in value)})"
     return f"a {type(value).__name__}"
 
 
@@ -411,6 +413,8 @@ class Environment(Generic[T, S]):
         except ValidationError as e:
             summary, errors = _field_errors(e)
             raise TaskInvalid(f"seed row does not fit {self.name!r}'s task: {summary}", errors) from e
+        except ToolError as e:  # raised by a validator of the task's: the row's fault all the same
+            raise TaskInvalid(f"seed row does not fit {self.name!r}'s task: {e.detail}") from e
 
     def start(self, task: T, ctx: Context) -> S:
         """The initial state of a session for `task`."""
@@ -427,7 +431,7 @@ class Environment(Generic[T, S]):
             result: Any = tool.fn(state, args, ctx)
         except ToolError as e:
             return state, {"error": e.detail}
-        if type(result) is not tuple or len(result) != 2 or not isinstance(result[0], State):
+        if not isinstance(result, tuple | list) or len(result) != 2 or not isinstance(result[0], State):
             # Caught here, not at the next call: a pydantic state unpacks as (name, value) pairs.
             raise TypeError(f"it must return (new_state, observation), a State first; not {_shape(result)}")
         new_state, observation = result

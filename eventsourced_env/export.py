@@ -234,6 +234,11 @@ class _CsvWriter:
             file.close()
 
 
+def _fits(value: Any, kind: str) -> Any:
+    """`value` for a Parquet column of `kind`: an integer past 64 bits (a task index) is missing there."""
+    return None if kind == "int" and not -(2**63) <= value < 2**63 else value
+
+
 class _ParquetTable:
     """One Parquet file written in row groups of `_BATCH` rows."""
 
@@ -258,7 +263,7 @@ class _ParquetTable:
             return
         arrays = {
             name: [
-                None if row[i] is None else _json_text(row[i]) if kind == "json" else row[i]
+                None if row[i] is None else _json_text(row[i]) if kind == "json" else _fits(row[i], kind)
                 for row in self._rows
             ]
             for i, (name, kind) in enumerate(self._columns)

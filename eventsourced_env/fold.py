@@ -171,14 +171,17 @@ def resume(env: Environment[Any, Any], events: list[Event], snapshot: bytes) -> 
     None when the snapshot does not fit the log (no event at its seq, or another hash there): the
     caller then folds the whole log. A snapshot is derived data; `esenv replay` checks each one.
     """
-    snap = orjson.loads(snapshot)
-    at = next((i for i, e in enumerate(events) if e.seq == snap["seq"]), None)
-    if at is None or events[at].hash != snap["hash"]:
-        return None
-    folded = start(env, events[0])
-    folded.state = type(folded.state).model_validate(snap["state"])
-    folded.seq, folded.hash, folded.closed = snap["seq"], snap["hash"], snap["closed"]
-    folded.keys = {key: (kind, data) for key, (kind, data) in snap["keys"].items()}
+    try:
+        snap = orjson.loads(snapshot)
+        at = next((i for i, e in enumerate(events) if e.seq == snap["seq"]), None)
+        if at is None or events[at].hash != snap["hash"]:
+            return None
+        folded = start(env, events[0])
+        folded.state = type(folded.state).model_validate(snap["state"])
+        folded.seq, folded.hash, folded.closed = snap["seq"], snap["hash"], snap["closed"]
+        folded.keys = {key: (kind, data) for key, (kind, data) in snap["keys"].items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None  # damaged (or of another state model): folding the whole log needs none
     for event in events[at + 1 :]:
         step(folded, event)
     return folded

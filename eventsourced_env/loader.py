@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -64,16 +65,18 @@ def load_environment(spec: str) -> Environment[Any, Any]:
                 "or give `module:attribute` or a .py file"
             )
         target = f"environments.{target}"
-    _importable(Path.cwd())  # the current folder's packages, as for `python -m`
+    else:  # the user's own module: found in the current folder too, as with `python -m` (but after
+        # what is installed, so a stray file there cannot stand in for a library)
+        _importable(Path.cwd(), first=False)
     with _one_line(f"cannot import environment module {target!r}"):
         module = importlib.import_module(target)
     return _pick(module, attr, spec)
 
 
-def _importable(folder: Path) -> None:
-    """Let the modules in `folder` be imported (it goes first on `sys.path`, as Python puts a script's)."""
+def _importable(folder: Path, *, first: bool = True) -> None:
+    """Let the modules in `folder` be imported: first on `sys.path` (as a script's folder is), or last."""
     if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+        sys.path.insert(0 if first else len(sys.path), str(folder))
 
 
 @contextlib.contextmanager
@@ -84,5 +87,8 @@ def _one_line(what: str) -> Iterator[None]:
         yield
     except EnvError:
         raise
-    except Exception as e:
+    except SyntaxError as e:  # its message names the file and line
         raise ConfigError(f"{what}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise ConfigError(f"{what}: {type(e).__name__}: {e} ({where.filename}, line {where.lineno})") from e

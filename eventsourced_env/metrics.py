@@ -16,6 +16,7 @@ k rollouts. A rollout succeeds when its reward is at least `SUCCESS_THRESHOLD` (
 from __future__ import annotations
 
 import math
+import reprlib
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -84,7 +85,10 @@ def _summarise(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         out[f"max/{key}"] = max(values)
         out[f"min/{key}"] = min(values)
         out[f"median/{key}"] = statistics.median(values)
-        out[f"std/{key}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        try:
+            out[f"std/{key}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        except OverflowError:  # beyond a float's range (values near it, of both signs)
+            out[f"std/{key}"] = math.inf
     return out
 
 
@@ -109,7 +113,7 @@ def aggregate_metrics(verify_responses: list[Mapping[str, Any]]) -> dict[str, An
     for row in verify_responses:
         index = row.get("_ng_task_index")
         if isinstance(index, list | dict):
-            raise BadRequest(f"_ng_task_index must be a number or a string, not {index!r}")
+            raise BadRequest(f"_ng_task_index must be a number or a string, not {reprlib.repr(index)}")
         groups[index].append(row)
     group_level = [
         {"_ng_task_index": index, "num_rollouts": len(rows), **_summarise(rows)}

@@ -106,9 +106,11 @@ def map_sessions(
                 yield result
         return
     # Fork: the workers inherit `work` and what it closes over, nothing is pickled but the ids.
-    with _ctrl_c_held():
-        pool = multiprocessing.get_context("fork").Pool(jobs, _start_worker, (path, work))
-    with pool:
+    with contextlib.ExitStack() as stack:
+        with _ctrl_c_held():  # a Ctrl-C held meanwhile arrives as this ends: the pool is on the stack
+            pool = stack.enter_context(
+                multiprocessing.get_context("fork").Pool(jobs, _start_worker, (path, work))
+            )
         for chunk, result in zip(chunks, pool.imap(_run_chunk, chunks), strict=True):
             if progress is not None:
                 progress(len(chunk))

@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import reprlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from .collector import rare_gc
 from .environment import Environment, Performer
-from .errors import BadRequest, ConfigError, EnvError, PayloadTooLarge, Unauthorized
+from .errors import BadRequest, ConfigError, EnvError, PayloadTooLarge, ToolError, ToolFailed, Unauthorized
 from .metrics import aggregate_metrics
 from .sessions import SESSION_ID_PATTERN, Sessions
 from .store import Store
@@ -83,6 +84,8 @@ def _error(error: EnvError) -> web.Response:
 async def _session_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
+    except ToolError as e:  # a tool's own are its observations (`run_tool`): one here escaped a tool
+        response = _error(ToolFailed(f"ToolError raised outside a tool: {e.detail}"))
     except EnvError as e:
         response = _error(e)
     except web.HTTPException as e:
@@ -289,7 +292,7 @@ async def fork_session(request: web.Request) -> web.Response:
     at, count = body.get("at"), body.get("count")
     for name, value in (("at", at), ("count", count)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise BadRequest(f"{name!r} must be an integer, not {value!r}")
+            raise BadRequest(f"{name!r} must be an integer, not {reprlib.repr(value)}")
     parent = request.match_info["id"]
     forks = await request.app[SESSIONS].fork(parent, at, 1 if count is None else count)
     response = _json({"parent": parent, "sessions": forks})

@@ -64,6 +64,14 @@ _NO_SESSION = (
 )
 
 
+def _refused(e: Unrecordable, tool: str, raw: Any, result: Attempt, state: State) -> Attempt:
+    """A call whose event cannot be written down, as the server answers it: refused on `state` (a
+    number beyond 64 bits…), or, if the tool's observation is not JSON at all, the tool's bug."""
+    if not _json_types(result.data.get("observation")):  # a set, an object…
+        raise ToolFailed(f"tool {tool!r} returned an observation that is not JSON: {e.detail}") from e
+    return Attempt(TOOL_REJECTED, {"tool": tool, "args": raw, "error": e.detail}, state, e)
+
+
 def _json_types(value: Any) -> bool:
     """True if `value` is made of JSON's types only (dicts with string keys, lists, strings, numbers,
     booleans, None): what a tool's observation must be, whatever the sizes of its numbers."""
@@ -354,13 +362,7 @@ class Sessions:
             try:
                 event = make_event(folded.hash, seq, result.kind, at, data)
             except Unrecordable as e:
-                if not _json_types(result.data.get("observation")):  # a set, an object…: the tool's bug
-                    detail = f"tool {tool_name!r} returned an observation that is not JSON: {e.detail}"
-                    raise ToolFailed(detail) from e
-                # The result cannot be written down (say, a number beyond 64 bits): refuse the call.
-                result = Attempt(
-                    TOOL_REJECTED, {"tool": tool_name, "args": raw, "error": e.detail}, folded.state, e
-                )
+                result = _refused(e, tool_name, raw, result, folded.state)
                 data = result.data if key is None else {**result.data, "idempotency_key": key}
                 event = make_event(folded.hash, seq, result.kind, at, data)
             await self._append(session, folded, event)
@@ -495,8 +497,13 @@ class Sessions:
             seq += 1
             try:
                 result = attempt(self.env, state, seed, seq, at, name, raw, self._live_effects())
+                if result.error is None:
+                    try:  # as the server would have written it down
+                        make_event("", seq, result.kind, at, result.data)
+                    except Unrecordable as e:
+                        result = _refused(e, name, raw, result, state)
                 state, replayed = result.state, result.reply
-            except EnvError as e:
+            except EnvError as e:  # the error body the server sent (a crash's 500 included)
                 replayed = e.to_json()
             if divergence is None and recorded is not None and not _same_output(recorded, replayed):
                 divergence = {"call_id": call_id, "tool": name, "recorded": recorded, "replayed": replayed}

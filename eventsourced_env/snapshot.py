@@ -103,9 +103,7 @@ class Filters:
 
 
 def _int_or_none(value: Any) -> int | None:
-    """An integer a 64-bit column holds (task and rollout indexes are exported as such), else None."""
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    return value if is_int and -(2**63) <= value < 2**63 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _reward(value: Any) -> float | None:

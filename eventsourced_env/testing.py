@@ -78,7 +78,8 @@ def replay_outcome(env: Environment[Any, Any], events: list[Event]) -> dict[str,
     verified = next((e for e in reversed(events) if e.kind == VERIFIED), None)
     data = verified.data if verified else {}
     effects = Effects.replaying(data.get("effects", ())) if env.effects else None
-    ctx = Context(folded.seed, verified.seq if verified else folded.seq + 1, events[-1].at, effects)
+    seq, at = (verified.seq, verified.at) if verified else (folded.seq + 1, events[-1].at)
+    ctx = Context(folded.seed, seq, at, effects)
     result = env.run_verifier(folded.state, folded.task, data.get("response"), ctx)
     verify = result.model_dump(mode="json")
     if result.failure is not None:

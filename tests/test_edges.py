@@ -8,6 +8,8 @@ import contextlib
 import csv
 import json
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 import shutil
 import signal
@@ -16,12 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
 from aiohttp import DummyCookieJar
 from aiohttp.test_utils import TestClient
+from pydantic import field_validator
 
 from environments.counter import env as counter_env
 from eventsourced_env import (
@@ -36,9 +39,11 @@ from eventsourced_env import (
     VerifyResult,
 )
 from eventsourced_env.cli import main
+from eventsourced_env.conformance import run_oracle, trajectory_response
 from eventsourced_env.errors import ConfigError
 from eventsourced_env.events import VERIFIED, make_event
 from eventsourced_env.loader import load_environment
+from eventsourced_env.parallel import map_sessions
 from eventsourced_env.server import HEADER, IDEMPOTENCY_HEADER, SESSIONS, create_app
 from eventsourced_env.snapshot import Filters, SessionSummary, Snapshot
 from tests.conftest import ClientFactory, row
@@ -297,17 +302,22 @@ env.verifier(lambda state, task, response: 1.0)
 
 
 def test_user_environments_import_their_neighbours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])  # restored after
     (tmp_path / "helpers.py").write_text("NAME = 'neighbourly'\n")
     (tmp_path / "my_env.py").write_text(ENV_FILE)
-    assert load_environment(str(tmp_path / "my_env.py")).name == "neighbourly"
-    # By module path, from the current folder (as `python -m` would find it).
-    pkg = tmp_path / "work" / "mypkg"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "envmod.py").write_text(ENV_FILE.replace("from helpers import NAME", "NAME = 'by_module'"))
-    monkeypatch.chdir(tmp_path / "work")
-    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", os.getcwd())])
-    assert load_environment("mypkg.envmod:env").name == "by_module"
+    try:
+        assert load_environment(str(tmp_path / "my_env.py")).name == "neighbourly"
+        # By module path, from the current folder (as `python -m` would find it).
+        pkg = tmp_path / "work" / "mypkg"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "envmod.py").write_text(ENV_FILE.replace("from helpers import NAME", "NAME = 'by_module'"))
+        monkeypatch.chdir(tmp_path / "work")
+        assert load_environment("mypkg.envmod:env").name == "by_module"
+        assert sys.path[-1] == str(tmp_path / "work")  # after what is installed
+    finally:
+        for name in ("helpers", "_esenv_user_my_env", "mypkg", "mypkg.envmod"):
+            sys.modules.pop(name, None)
 
 
 def test_user_code_that_fails_to_import_is_one_clear_error(tmp_path: Path) -> None:
@@ -315,7 +325,7 @@ def test_user_code_that_fails_to_import_is_one_clear_error(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"cannot load environment file .*broken\.py.*SyntaxError"):
         load_environment(str(tmp_path / "broken.py"))
     (tmp_path / "crashes.py").write_text("raise RuntimeError('at import')\n")
-    with pytest.raises(ConfigError, match="RuntimeError: at import"):
+    with pytest.raises(ConfigError, match=r"RuntimeError: at import \(.*crashes\.py, line 1\)"):
         load_environment(str(tmp_path / "crashes.py"))
 
 
@@ -433,7 +443,7 @@ def test_tables_tell_a_json_null_from_a_missing_value(tmp_path: Path) -> None:
     async def build() -> None:
         store = SqliteStore(db)
         live = Sessions(env, store)
-        sid = await live.seed({"_ng_task_index": 2**64 - 1})  # beyond a 64-bit column: exported empty
+        sid = await live.seed({"_ng_task_index": 2**64 - 1})  # beyond Parquet's 64-bit column: empty there
         await live.call(sid, "poke", {})
         await store.close()
 
@@ -447,6 +457,8 @@ def test_tables_tell_a_json_null_from_a_missing_value(tmp_path: Path) -> None:
     assert [e["observation"] for e in events] == [None, "null"]
     sessions = pq.read_table(tmp_path / "parquet" / "sessions.parquet").to_pylist()
     assert sessions[0]["task_index"] is None
+    with (tmp_path / "csv" / "sessions.csv").open() as f:
+        assert next(csv.DictReader(f))["task_index"] == str(2**64 - 1)  # CSV has no such limit
 
 
 def test_a_locked_log_is_refused_by_the_system_not_called_a_non_log(
@@ -497,3 +509,165 @@ def _children(pid: int) -> list[int]:
                 if stat[stat.rindex(")") + 2 :].split()[1] == str(pid):
                     found.append(int(entry.name))
     return found
+
+
+# -- a second look: the same bugs by other paths ---------------------------------------------------------
+
+
+async def test_stateless_verify_replays_an_unrecordable_call_as_the_server_refused_it(
+    client: TestClient[Any, Any],
+) -> None:
+    agent = Agent(client)
+    big = 2**63 - 1
+    await agent.post("/seed_session", row())
+    calls = []
+    for _ in range(3):
+        status, reply, _ = await agent.post("/increment_counter", {"count": big})
+        calls.append(("increment_counter", {"count": big}, reply))
+    status, reply, _ = await agent.post("/get_counter_value", {})
+    assert (status, reply["error"]) == (422, "unrecordable")
+    calls.append(("get_counter_value", {}, reply))
+    agent.cookie = None
+    body = {**row(), "response": trajectory_response(calls)}
+    status, reply, _ = await agent.post("/verify", body)
+    assert status == 200 and reply["stateless_replay"]["clean"] is True
+
+
+def test_ctrl_c_while_the_pool_starts_stops_it(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C held while the workers are forked arrives as the fork ends; the pool is stopped then."""
+    ids = _log(db_path, 600)
+    pools: list[Any] = []
+    real = multiprocessing.context.ForkContext.Pool
+
+    def pool_then_ctrl_c(self: Any, *args: Any, **kwargs: Any) -> Any:
+        pools.append(real(self, *args, **kwargs))
+        os.kill(os.getpid(), signal.SIGINT)  # held until the pool is made
+        return pools[-1]
+
+    monkeypatch.setattr(multiprocessing.context.ForkContext, "Pool", pool_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        list(map_sessions(db_path, ids, lambda view, chunk: len(chunk), jobs=2))
+    [pool] = pools
+    workers = list(pool._pool)
+    for worker in workers:
+        worker.join(10)
+    assert workers and not any(worker.is_alive() for worker in workers)
+
+
+class Doubled(Task):
+    name: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def known(cls, value: str) -> str:
+        if value == "nobody":
+            raise ToolError("no such player")
+        return value
+
+
+class Strict(Args):
+    v: int = 0
+
+    @field_validator("v")
+    @classmethod
+    def small(cls, value: int) -> int:
+        if value > 9:
+            raise ToolError("too big")
+        return value
+
+
+async def test_tool_error_from_a_validator_is_a_422(aiohttp_client: ClientFactory, db_path: Path) -> None:
+    env: Environment[Any, Any] = Environment("strict", version="1", task=Doubled)
+    env.initial(lambda task, ctx: Box())
+
+    @env.tool
+    def put(state: Box, args: Strict, ctx: Context) -> tuple[Box, Any]:
+        """Put `v`."""
+        return state, {"v": args.v}
+
+    env.verifier(lambda state, task, response: 1.0)
+    agent = await _serve(aiohttp_client, db_path, env)
+    status, reply, _ = await agent.post("/seed_session", {"name": "nobody"})
+    assert (status, reply["error"]) == (422, "task_invalid") and "no such player" in reply["detail"]
+    await agent.post("/seed_session", {"name": "ann"})
+    sid = agent.cookie
+    status, reply, _ = await agent.post("/put", {"v": 10})
+    assert (status, reply["error"]) == (422, "arguments_invalid") and "too big" in reply["detail"]
+    assert await kinds(agent.client, sid) == ["seeded", "tool_rejected"]
+
+
+class Step(NamedTuple):
+    state: Box
+    observation: Any
+
+
+@pytest.mark.parametrize("shape", [Step, list])
+async def test_a_named_tuple_or_a_list_of_two_is_a_tools_return_too(
+    aiohttp_client: ClientFactory, db_path: Path, shape: Any
+) -> None:
+    def pair(state: Box, args: V, ctx: Context) -> Any:
+        new = state.model_copy(update={"n": state.n + 1})
+        return Step(new, {"n": new.n}) if shape is Step else [new, {"n": new.n}]
+
+    agent = await _serve(aiohttp_client, db_path, _env(pair))
+    await agent.post("/seed_session", {})
+    assert (await agent.post("/pair", {}))[:2] == (200, {"n": 1})
+    assert (await agent.post("/pair", {}))[:2] == (200, {"n": 2})
+
+
+async def test_aggregate_metrics_past_a_floats_range_and_deep_indexes(client: TestClient[Any, Any]) -> None:
+    rows = {
+        "verify_responses": [
+            {"reward": 1.7e308, "_ng_task_index": 0},
+            {"reward": -1.7e308, "_ng_task_index": 0},
+        ]
+    }
+    resp = await client.post("/aggregate_metrics", data=orjson.dumps(rows))
+    assert resp.status == 200 and (await resp.json())["agent_metrics"]["std/reward"] is None  # inf: JSON null
+    deep = b'{"verify_responses": [{"reward": 1, "_ng_task_index": ' + b"[" * 1000 + b"]" * 1000 + b"}]}"
+    resp = await client.post("/aggregate_metrics", data=deep)
+    assert resp.status == 400 and (await resp.json())["error"] == "bad_request"
+
+
+async def test_a_damaged_snapshot_is_skipped_by_a_rebuild(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    live = Sessions(counter_env, store, snapshot_every=2)
+    sid = await live.seed(row())
+    for _ in range(3):
+        await live.call(sid, "increment_counter", {"count": 1})
+    await store.close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE snapshots SET body = X'6e6f7420736e6170'")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(db_path)
+    again = Sessions(counter_env, store, snapshot_every=2)  # a restart: nothing in memory
+    assert await again.call(sid, "get_counter_value", {}) == {"count": 3}
+    await store.close()
+
+
+def test_the_oracles_verifier_gets_a_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def verify(state: Box, task: Level, response: Any, ctx: Context) -> float:
+        seen.append((ctx.seed, ctx.seq))
+        return 1.0
+
+    def fine(state: Box, args: V, ctx: Context) -> Any:
+        return state, {}
+
+    env = _env(fine, verify)
+
+    def once(row: dict[str, Any]) -> Any:
+        yield ("fine", {})
+
+    run_oracle(env, {"session_seed": 5}, once)
+    assert seen == [(5, 3)]  # seeded 1, the call 2, verified 3
+
+
+def test_sessions_limit_past_64_bits_is_a_usage_error(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _log(db_path, 1)
+    assert main(["sessions", "--db", str(db_path), "--limit", str(2**70)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
