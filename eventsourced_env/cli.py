@@ -432,6 +432,8 @@ def reverify_command(
         for r in report.changed:
             verdict = f"  verdict {r.old_verdict} -> {r.new_verdict}" if r.verdict_changed else ""
             failure = f"  [{r.new_failure['kind']}_failed: {r.new_failure['error']}]" if r.new_failure else ""
+            if r.old_failure:  # the old 0 was no judgement: scoring had failed
+                failure += f"  [was {r.old_failure.get('kind')}_failed: {r.old_failure.get('error')}]"
             click.echo(
                 f"{r.session}  task {r.task_index}  {r.old:g} -> {r.new:g}{verdict}  "
                 f"(verifier {r.old_version} -> {r.new_version}){failure}"

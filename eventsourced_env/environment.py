@@ -95,6 +95,14 @@ class VerifyResult(BaseModel):
     failure: dict[str, str] | None = Field(default=None, exclude=True)
 
 
+def failure_fields(failure: Mapping[str, Any]) -> dict[str, Any]:
+    """A scoring failure in NeMo Gym's terms (`_ng_failure_class: "judge_failed"`, `"replay_failed"`
+    for a stateless replay that departs from its record): NeMo Gym files such a row with the
+    failures, not with the samples."""
+    kind = failure.get("kind", "scoring")
+    return {"_ng_failure_class": f"{kind}_failed", f"_ng_failure_{kind}_error": failure.get("error")}
+
+
 #: Runs one external effect of a kind for the host: a JSON request in, a JSON result out, or EffectFailed.
 Performer = Callable[[Any], Any]
 

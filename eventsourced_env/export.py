@@ -32,6 +32,7 @@ from typing import IO, Any, Final, Protocol
 
 import orjson
 
+from .environment import failure_fields
 from .errors import ConfigError
 from .snapshot import Filters, SessionLog, SessionSummary, Snapshot
 from .sqlite_store import INSERT_EVENT, SCHEMA
@@ -198,6 +199,8 @@ class _RolloutsWriter:
         line = {"session_seed": s.seed, **(s.row or {}), "response": s.response, "reward": s.reward}
         if s.reward_components:
             line["reward_components"] = s.reward_components
+        if s.failure is not None:  # a judge that was down: NeMo Gym sets such a row aside
+            line.update(failure_fields(s.failure))
         self._file.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:

@@ -224,6 +224,7 @@ class Reverified:
     old_verdict: Any = None
     new_verdict: Any = None
     new_failure: dict[str, str] | None = None
+    old_failure: dict[str, str] | None = None
 
     @property
     def changed(self) -> bool:
@@ -247,6 +248,7 @@ class Reverified:
             "old_verdict": self.old_verdict,
             "new_verdict": self.new_verdict,
             "new_failure": self.new_failure,
+            "old_failure": self.old_failure,
         }
 
 
@@ -285,6 +287,7 @@ def reverify_log(
         verified.data.get("details", {}).get("verdict"),
         result.details.get("verdict"),
         result.failure,
+        verified.data.get("failure"),
     )
 
 

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from .collector import rare_gc
-from .environment import Environment, Performer
+from .environment import Environment, Performer, failure_fields
 from .errors import BadRequest, ConfigError, EnvError, PayloadTooLarge, ToolError, ToolFailed, Unauthorized
 from .metrics import aggregate_metrics
 from .sessions import SESSION_ID_PATTERN, Sessions
@@ -198,13 +198,6 @@ async def call_tool(request: web.Request) -> web.Response:
     return _json(observation)
 
 
-def _failure_fields(failure: dict[str, str]) -> dict[str, str]:
-    """A failure in NeMo Gym's terms (`_ng_failure_class: "judge_failed"`, `"replay_failed"` for a
-    stateless replay that departs from its record): NeMo Gym files the row with the failures."""
-    kind = failure["kind"]
-    return {"_ng_failure_class": f"{kind}_failed", f"_ng_failure_{kind}_error": failure["error"]}
-
-
 async def verify(request: web.Request) -> web.Response:
     """Score the session: the request body echoed back with `reward` (and `reward_components`)."""
     body = await _object(request)
@@ -220,7 +213,7 @@ async def verify(request: web.Request) -> web.Response:
     if result.components:
         reply["reward_components"] = result.components
     if result.failure is not None:
-        reply.update(_failure_fields(result.failure))
+        reply.update(failure_fields(result.failure))
     return _json(reply)
 
 

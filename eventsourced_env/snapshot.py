@@ -137,6 +137,8 @@ class SessionSummary:
     rejected: int = 0
     closed: bool = False
     reward: float | None = None
+    #: Why the latest verification could not score (`{"kind": "judge", "error": ...}`): its 0 is no sample.
+    failure: dict[str, Any] | None = None
     reward_components: dict[str, float] = field(default_factory=dict)
     verifier_version: str | None = None
     response: Any = None
@@ -169,6 +171,8 @@ class SessionSummary:
                 summary.rejected += 1
             elif event.kind == VERIFIED:
                 summary.reward = _reward(data.get("reward"))
+                failure = data.get("failure")
+                summary.failure = failure if isinstance(failure, dict) else None
                 summary.reward_components = data.get("components") or {}
                 summary.verifier_version = data.get("verifier_version")
                 summary.response = data.get("response")

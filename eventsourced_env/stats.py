@@ -73,12 +73,15 @@ class _Tally:
     rejected: Counter[str] = field(default_factory=Counter)
     lengths: array[int] = field(default_factory=lambda: array("q"))
     gaps: array[float] = field(default_factory=lambda: array("d"))
+    failed: int = 0
 
     def add(self, log: SessionLog) -> None:
         s = log.summary
         self.statuses[s.status] += 1
         self.lengths.append(s.events)
-        if s.reward is not None:
+        if s.failure is not None:  # scored 0 because scoring failed (a judge down): not a sample
+            self.failed += 1
+        elif s.reward is not None:
             self.rewards.append(s.reward)
             if s.task_index is not None:
                 self.groups[s.task_index].append(s.reward)
@@ -93,7 +96,8 @@ class _Tally:
         rewards = self.rewards
         return {
             "sessions": len(self.lengths),
-            "verified": len(rewards),
+            "verified": len(rewards) + self.failed,
+            "scoring_failed": self.failed,
             "status": {status: self.statuses[status] for status in STATUSES},
             "reward": {
                 "mean": statistics.fmean(rewards),
@@ -139,7 +143,10 @@ def format_stats(report: dict[str, Any]) -> str:
     lines: list[str] = []
     for name, env in report["envs"].items():
         status = ", ".join(f"{k} {v}" for k, v in env["status"].items())
-        lines.append(f"{name}: {env['sessions']} sessions ({status}), {env['verified']} verified")
+        failed = (
+            f" (scoring failed for {env['scoring_failed']}: left out below)" if env["scoring_failed"] else ""
+        )
+        lines.append(f"{name}: {env['sessions']} sessions ({status}), {env['verified']} verified{failed}")
         reward = env["reward"]
         if reward:
             lines.append(_line("reward", reward, ("mean", "std", "min", "max"), ".4f"))

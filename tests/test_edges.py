@@ -30,6 +30,7 @@ from environments.counter import env as counter_env
 from eventsourced_env import (
     Args,
     Context,
+    EffectFailed,
     Environment,
     Sessions,
     SqliteStore,
@@ -44,8 +45,10 @@ from eventsourced_env.errors import ConfigError
 from eventsourced_env.events import VERIFIED, make_event
 from eventsourced_env.loader import load_environment
 from eventsourced_env.parallel import map_sessions
+from eventsourced_env.replay import reverify_log
 from eventsourced_env.server import HEADER, IDEMPOTENCY_HEADER, SESSIONS, create_app
 from eventsourced_env.snapshot import Filters, SessionSummary, Snapshot
+from eventsourced_env.stats import stats
 from tests.conftest import ClientFactory, row
 from tests.test_server import Agent
 
@@ -671,3 +674,49 @@ def test_sessions_limit_past_64_bits_is_a_usage_error(
     _log(db_path, 1)
     assert main(["sessions", "--db", str(db_path), "--limit", str(2**70)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_failed_judgement_is_no_sample_in_exports_stats_and_reverify(
+    db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env: Environment[Any, Any] = Environment("judged", version="1", task=Level, effects=("judge",))
+    env.initial(lambda task, ctx: Box())
+
+    def noop(state: Box, args: V, ctx: Context) -> Any:
+        return state, {}
+
+    env.tool(_env(noop).tools["noop"].fn)
+
+    def verify(state: Box, task: Level, response: Any, ctx: Context) -> float:
+        return 1.0 if ctx.effect("judge", {"level": task.level}) == "correct" else 0.0
+
+    env.verifier(verify)
+
+    def judge(request: dict[str, Any]) -> str:
+        if request["level"] == 2:
+            raise EffectFailed("the judge is down", "judge")
+        return "correct"
+
+    async def build() -> None:
+        store = SqliteStore(db_path)
+        live = Sessions(env, store, performers={"judge": judge})
+        for level in (1, 2):
+            sid = await live.seed({"level": level, "_ng_task_index": level})
+            await live.verify(sid, {"output": []})
+        live.shutdown()
+        await store.close()
+
+    asyncio.run(build())
+    out = tmp_path / "rollouts.jsonl"
+    assert main(["export", "--db", str(db_path), "--format", "nemo-rollouts", "--out", str(out)]) == 0
+    ok, failed = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert "_ng_failure_class" not in ok and ok["reward"] == 1.0
+    assert failed["_ng_failure_class"] == "judge_failed" and "down" in failed["_ng_failure_judge_error"]
+    report = stats(db_path)["envs"]["judged"]
+    assert (report["verified"], report["scoring_failed"], report["reward"]["mean"]) == (2, 1, 1.0)
+    with Snapshot(db_path) as view:
+        logs = [(log.summary.id, log.events) for log in view.sessions(Filters())]
+    first, second = (reverify_log(env, sid, events) for sid, events in logs)
+    assert first is not None and first.old_failure is None
+    assert second is not None and second.old_failure is not None and second.old_failure["kind"] == "judge"
+    assert second.to_json()["old_failure"] == second.old_failure
