@@ -25,6 +25,7 @@ from .nemo import ServerSettings, find_server, from_environment, read_config
 from .parallel import default_jobs, replay_file, reverify_file
 from .replay import ReplayReport
 from .server import DEFAULT_MAX_BODY, check_exposure, create_app, serve
+from .sessions import EFFECT_THREADS
 from .snapshot import STATUSES, Filters, Snapshot, parse_time
 from .sqlite_store import SqliteStore
 from .stats import format_stats, stats
@@ -233,6 +234,8 @@ def serve_command(
             max_live=max_live,
             snapshot_every=snapshot_every or None,
             performers=performers,
+            # Enough threads for every judge call allowed in flight (more only wait on its slots).
+            effect_threads=max(EFFECT_THREADS, judge.config.max_concurrency if judge is not None else 0),
         )
         await serve(app, host=host, port=port, announce=announce)
 
@@ -414,17 +417,19 @@ def reverify_command(
         esenv reverify --db runs.db --env my_env.py --json
         esenv reverify --db runs.db --rejudge --judge-base-url http://127.0.0.1:9000/v1 --judge-model m
     """
-    performers = None
+    performers, threads = None, 1
     if rejudge:
         judge = _judge({key: judge_options[option] for option, key in _JUDGE_OPTIONS.items()})
         if judge is None:
             raise ConfigError(
                 "--rejudge needs a judge: give --judge-model, --judge-base-url (or ESENV_JUDGE_*)"
             )
-        performers = judge.performers()
+        performers, threads = judge.performers(), judge.config.max_concurrency
     ids = _session_ids(db, (), env_spec)
     with _progress(len(ids), "re-verifying") as progress:
-        report = reverify_file(db, ids, _resolver(env_spec), performers, jobs or default_jobs(), progress)
+        report = reverify_file(
+            db, ids, _resolver(env_spec), performers, jobs or default_jobs(), progress, threads=threads
+        )
     summary = report.to_json()
     if as_json:
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

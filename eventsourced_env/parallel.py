@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -164,15 +165,25 @@ def reverify_file(
     performers: Mapping[str, Performer] | None = None,
     jobs: int = 1,
     progress: Callable[[int], None] | None = None,
+    threads: int = 1,
 ) -> ReverifyReport:
     """Re-verify the verified sessions among `ids` of the log at `db` (see `reverify_logs`).
 
-    With `performers` (re-judging: live clients, not to be forked) it runs in this process only.
+    With `performers` (re-judging: live clients, not to be forked) it runs in this process only,
+    `threads` sessions at a time (a judge's calls in flight: each waits on the judge).
     """
 
     def work(view: Snapshot, chunk: list[str]) -> ReverifyReport:
         unreadable: dict[str, Divergence] = {}
-        report = reverify_logs(_readable(view, chunk, unreadable), resolve, performers)
+        logs = _readable(view, chunk, unreadable)
+        if threads <= 1:
+            report = reverify_logs(logs, resolve, performers)
+        else:  # read here (the view is this thread's), scored on the threads, reported in order
+            with ThreadPoolExecutor(threads, thread_name_prefix="esenv-rejudge") as pool:
+                parts = list(pool.map(lambda log: reverify_logs([log], resolve, performers), list(logs)))
+            report = ReverifyReport(
+                [r for part in parts for r in part.results], [e for part in parts for e in part.errors]
+            )
         report.errors.extend(unreadable.values())
         return report
 

@@ -27,7 +27,7 @@ from .collector import rare_gc
 from .environment import Environment, Performer, failure_fields
 from .errors import BadRequest, ConfigError, EnvError, PayloadTooLarge, ToolError, ToolFailed, Unauthorized
 from .metrics import aggregate_metrics
-from .sessions import SESSION_ID_PATTERN, Sessions
+from .sessions import EFFECT_THREADS, SESSION_ID_PATTERN, Sessions
 from .store import Store
 
 __all__ = [
@@ -205,7 +205,7 @@ async def verify(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS]
     if session is None:
         # No session, as NeMo Gym's `gym eval reverify` sends it: fold the request's own trajectory.
-        result, report = await sessions.offload(sessions.verify_stateless, body)
+        result, report = await sessions.offload(sessions.verify_stateless, body, scoring=True)
         reply = {**body, "reward": result.reward, "stateless_replay": report}
     else:
         result = await sessions.verify(session, body.get("response"))
@@ -322,6 +322,7 @@ def create_app(
     max_live: int | None = None,
     snapshot_every: int | None = 1000,
     performers: Mapping[str, Performer] | None = None,
+    effect_threads: int = EFFECT_THREADS,
 ) -> web.Application:
     """The server for `env` over `store`; the app owns the store and closes it on cleanup.
 
@@ -331,6 +332,8 @@ def create_app(
     `snapshot_every`: keep a state snapshot every N events of a session (None: never), so a cold
     rebuild folds at most N events.
     `performers`: who performs each kind of external effect the environment asks for (e.g. a judge).
+    `effect_threads`: threads for tool calls, and as many for verifications, of an environment with
+    effects: at least as many as the effects that may be in flight (a judge's concurrency).
     """
     app = web.Application(middlewares=[_session_and_errors], client_max_size=max_body)
     sessions = Sessions(
@@ -342,6 +345,7 @@ def create_app(
         max_live=max_live,
         snapshot_every=snapshot_every,
         performers=performers,
+        effect_threads=effect_threads,
     )
     app[SESSIONS] = sessions
     app[MAX_BODY] = max_body

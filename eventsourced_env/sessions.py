@@ -154,6 +154,7 @@ class Sessions:
         snapshot_every: int | None = 1000,
         clock: Callable[[], float] = time.time,
         performers: Mapping[str, Performer] | None = None,
+        effect_threads: int = EFFECT_THREADS,
     ) -> None:
         env.check()
         self.env = env
@@ -168,9 +169,13 @@ class Sessions:
         self._locks: dict[str, _SessionLock] = {}
         #: Who performs each kind of external effect (e.g. "judge": a judge client), for effectful envs.
         self.performers: Mapping[str, Performer] = performers or {}
-        self._executor = (
-            ThreadPoolExecutor(EFFECT_THREADS, thread_name_prefix="esenv-effects") if env.effects else None
-        )
+        # Two pools, so that tool calls never queue behind verifications waiting on a slow judge;
+        # each as large as the most effects that may be in flight (a judge's concurrency, say).
+        self._executor: ThreadPoolExecutor | None = None
+        self._scoring: ThreadPoolExecutor | None = None
+        if env.effects:
+            self._executor = ThreadPoolExecutor(effect_threads, thread_name_prefix="esenv-effects")
+            self._scoring = ThreadPoolExecutor(effect_threads, thread_name_prefix="esenv-scoring")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -288,16 +293,19 @@ class Sessions:
         """A fresh record of live effects for one event, if the environment has any."""
         return Effects.live(self.performers) if self._executor is not None else None
 
-    async def offload(self, fn: Callable[..., R], *args: Any) -> R:
-        """`fn(*args)`: in the effect threads if the environment performs (blocking) effects, else inline."""
-        if self._executor is None:
+    async def offload(self, fn: Callable[..., R], *args: Any, scoring: bool = False) -> R:
+        """`fn(*args)`: in the effect threads if the environment performs (blocking) effects, else
+        inline; `scoring` (a verification) in threads of their own."""
+        pool = self._scoring if scoring else self._executor
+        if pool is None:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
     def shutdown(self) -> None:
         """Let the effect threads go once their calls finish."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        for pool in (self._executor, self._scoring):
+            if pool is not None:
+                pool.shutdown(wait=False)
 
     # -- the operations -------------------------------------------------------------------------
 
@@ -406,7 +414,9 @@ class Sessions:
             else:
                 effects = Effects.live(self.performers)
                 ctx = Context(folded.seed, seq, at, effects)
-                result = await self.offload(self._score, folded.state, folded.task, response, ctx)
+                result = await self.offload(
+                    self._score, folded.state, folded.task, response, ctx, scoring=True
+                )
             data = {
                 **result.model_dump(mode="json"),
                 "verifier_version": self.env.verifier_version,

@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +48,7 @@ from eventsourced_env.loader import load_environment
 from eventsourced_env.parallel import map_sessions
 from eventsourced_env.replay import reverify_log
 from eventsourced_env.server import HEADER, IDEMPOTENCY_HEADER, SESSIONS, create_app
+from eventsourced_env.sessions import EFFECT_THREADS
 from eventsourced_env.snapshot import Filters, SessionSummary, Snapshot
 from eventsourced_env.stats import stats
 from tests.conftest import ClientFactory, row
@@ -720,3 +722,33 @@ def test_a_failed_judgement_is_no_sample_in_exports_stats_and_reverify(
     assert first is not None and first.old_failure is None
     assert second is not None and second.old_failure is not None and second.old_failure["kind"] == "judge"
     assert second.to_json()["old_failure"] == second.old_failure
+
+
+async def test_tool_calls_do_not_queue_behind_a_stuck_judge(store: SqliteStore) -> None:
+    env: Environment[Any, Any] = Environment("stuck", version="1", task=Level, effects=("judge",))
+    env.initial(lambda task, ctx: Box())
+
+    def noop(state: Box, args: V, ctx: Context) -> Any:
+        return state, {}
+
+    env.tool(_env(noop).tools["noop"].fn)
+    env.verifier(lambda state, task, response, ctx: float(ctx.effect("judge", {}) == "correct"))
+    release, asked = threading.Event(), threading.Semaphore(0)
+
+    def judge(request: Any) -> str:
+        asked.release()
+        release.wait(30)
+        return "correct"
+
+    sessions = Sessions(env, store, performers={"judge": judge})
+    ids = [await sessions.seed({}) for _ in range(EFFECT_THREADS + 9)]
+    verifies = [asyncio.ensure_future(sessions.verify(sid, {})) for sid in ids[1:]]
+    try:
+        for _ in range(EFFECT_THREADS):  # every scoring thread is waiting on the judge
+            assert await asyncio.to_thread(asked.acquire, True, 10)
+        assert await asyncio.wait_for(sessions.call(ids[0], "noop", {}), 10) == {}
+    finally:
+        release.set()
+        results = await asyncio.gather(*verifies)
+        sessions.shutdown()
+    assert [r.reward for r in results] == [1.0] * len(verifies)

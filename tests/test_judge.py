@@ -262,3 +262,19 @@ def test_the_judge_comes_from_options_or_the_environment() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             JudgeConfig.resolve(given, environ)
+
+
+async def test_rejudging_keeps_the_judges_concurrency_busy(
+    aiohttp_client: ClientFactory, db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with StubJudge() as judge:
+        client = await qa_server(aiohttp_client, db_path, client_for(judge))
+        for i in range(6):
+            await rollout(client, ROWS[i % 5])
+        await client.close()
+    with StubJudge(hold=0.3) as slow:
+        flags = ["--rejudge", "--judge-base-url", slow.base_url, "--judge-model", "stub-judge"]
+        assert main(["reverify", "--db", str(db_path), "--json", *flags, "--judge-concurrency", "3"]) == 0
+        assert len(slow.requests) == 6 and slow.max_inflight == 3  # one at a time, it was
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["verified_sessions"] == 6 and report["errors"] == []
