@@ -196,6 +196,10 @@ def serve_command(
             --judge-base-url http://127.0.0.1:9000/v1 --judge-model m
     """
     judge_given = {key: judge_options[option] for option, key in _JUDGE_OPTIONS.items()}
+    if nemo_gym and config_file is not None:
+        raise click.UsageError("--nemo-gym reads NeMo Gym's own variables; give it or --config, not both")
+    if instance is not None and config_file is None:
+        raise click.UsageError("--instance names a server of --config FILE.yaml; give that file too")
     if config_file is not None or nemo_gym:
         settings = (
             from_environment(os.environ)

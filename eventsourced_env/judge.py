@@ -48,6 +48,16 @@ class _Transient(Exception):
         self.wait = wait
 
 
+#: The judge's numeric settings: (name, bound, integers only, strictly above the bound).
+_LIMITS = (
+    ("timeout", 0, False, True),
+    ("max_retries", 0, True, False),
+    ("max_concurrency", 1, True, False),
+    ("backoff", 0, False, False),
+    ("max_backoff", 0, False, False),
+)
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
     """Where the judge is and how hard to try: base URL (ending in /v1), model, key, API and limits."""
@@ -61,6 +71,25 @@ class JudgeConfig:
     max_concurrency: int = 16
     backoff: float = 0.5
     max_backoff: float = 8.0
+
+    def __post_init__(self) -> None:
+        # The command line checks its options; a YAML config's `judge:` block comes here unchecked.
+        for name in ("base_url", "model", "api_key"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (name == "api_key" and value is None):
+                raise ConfigError(f"judge setting {name} must be a string, not {value!r}")
+        for name, low, integer, strict in _LIMITS:
+            value = getattr(self, name)
+            kind = int if integer else int | float
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, kind)
+                or value < low
+                or (strict and value == low)
+            ):
+                what = "an integer" if integer else "a number"
+                bound = f"above {low}" if strict else f"of at least {low}"
+                raise ConfigError(f"judge setting {name} must be {what} {bound}, not {value!r}")
 
     @classmethod
     def resolve(cls, given: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> JudgeConfig | None:
@@ -89,7 +118,8 @@ class JudgeConfig:
         if unknown:
             raise ConfigError(f"unknown judge setting(s): {', '.join(sorted(unknown))}")
         chosen: Api = "chat" if api == "chat" else "responses"
-        return cls(base_url=base_url.rstrip("/"), model=model, api_key=api_key, api=chosen, **values)
+        url = base_url.rstrip("/") if isinstance(base_url, str) else base_url  # else refused as such
+        return cls(base_url=url, model=model, api_key=api_key, api=chosen, **values)
 
 
 class JudgeClient:

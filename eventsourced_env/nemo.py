@@ -87,8 +87,13 @@ def find_server(config: Mapping[str, Any], instance: str | None = None) -> Serve
     name, block = servers[instance]
     judge = block.get("judge") or {}
     port = block.get("port")
-    if not isinstance(judge, dict) or not (port is None or isinstance(port, int)):
-        raise ConfigError(f"{instance}: `judge` must be a mapping and `port` an integer")
+    if not isinstance(judge, dict):
+        raise ConfigError(f"{instance}: `judge` must be a mapping, not {judge!r}")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        raise ConfigError(f"{instance}: `port` must be an integer from 0 to 65535, not {port!r}")
+    for key in ("env", "host", "db", "token"):
+        if block.get(key) is not None and not isinstance(block[key], str):
+            raise ConfigError(f"{instance}: `{key}` must be a string (quote it in YAML), not {block[key]!r}")
     return ServerSettings(
         instance=instance,
         name=name,

@@ -155,3 +155,53 @@ def test_config_errors_are_clear(
     assert main(["serve", "--nemo-gym"]) == 2
     assert "NEMO_GYM_CONFIG_DICT is not set" in capsys.readouterr().err
     assert main(["serve"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("port", 99999, "`port` must be an integer from 0 to 65535"),
+        ("port", True, "`port` must be an integer"),
+        ("token", 12345, "`token` must be a string"),
+        ("db", 5, "`db` must be a string"),
+        ("host", [1], "`host` must be a string"),
+        (
+            "judge",
+            {"model": "m", "base_url": "http://x/v1", "timeout": "abc"},
+            "timeout must be a number above 0",
+        ),
+        (
+            "judge",
+            {"model": "m", "base_url": "http://x/v1", "max_concurrency": 0},
+            "max_concurrency must be an integer of at least 1",
+        ),
+        (
+            "judge",
+            {"model": "m", "base_url": "http://x/v1", "max_retries": -3},
+            "max_retries must be an integer of at least 0",
+        ),
+        ("judge", {"model": ["m"], "base_url": "http://x/v1"}, "judge setting model must be a string"),
+        ("judge", {"model": "m", "base_url": 123}, "judge setting base_url must be a string"),
+    ],
+)
+def test_wrong_typed_config_values_are_one_line_at_start(
+    tmp_path: Path, key: str, value: Any, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = nemo_config("qa_judge")
+    config["qa_judge_resources_server"]["resources_servers"]["qa_judge"][key] = value
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    db = tmp_path / "c.db"
+    assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--db", str(db), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not db.exists()
+
+
+def test_config_flags_out_of_place_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "counter", "--instance", "nope", "--db", str(tmp_path / "x.db")]) == 2
+    assert "--instance names a server of --config" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(nemo_config("counter")))
+    assert main(["serve", "--nemo-gym", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "not both" in capsys.readouterr().err
