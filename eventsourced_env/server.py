@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import reprlib
 import signal
 import sys
@@ -49,6 +50,8 @@ MAX_BODY = web.AppKey("max_body", int)
 TOKEN = web.AppKey("token", str)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+#: Twenty digits in a row: where an integer past 64 bits may be (2**64 has 20).
+_LONG_DIGITS = re.compile(rb"\d{20}")
 #: The deepest nesting a request body may have: orjson's limit in reading it.
 _MAX_DEPTH = 1024
 
@@ -119,8 +122,13 @@ def _incoming(request: web.Request) -> str | None:
     return None
 
 
-async def _body(request: web.Request) -> Any:
-    """The request's JSON body, or a clear 400/413."""
+async def _body(request: web.Request, *, exact: bool = False) -> Any:
+    """The request's JSON body, or a clear 400/413.
+
+    `exact`: integers past 64 bits as they are (orjson reads them as floats), for a body that is
+    recorded or echoed as it came (a seed row, a verify body): refused then as too big to record,
+    not changed. A tool's arguments are validated, and refused if such a number is one of them.
+    """
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
@@ -130,13 +138,17 @@ async def _body(request: web.Request) -> Any:
     if not raw:
         return {}
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from e
+    if exact and _LONG_DIGITS.search(raw):  # maybe such an integer (or a long string of digits)
+        with contextlib.suppress(RecursionError):  # deeper than the standard library reads: as is
+            body = json.loads(raw)
+    return body
 
 
-async def _object(request: web.Request) -> dict[str, Any]:
-    body = await _body(request)
+async def _object(request: web.Request, *, exact: bool = False) -> dict[str, Any]:
+    body = await _body(request, exact=exact)
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
     return body
@@ -181,7 +193,7 @@ async def root(request: web.Request) -> web.Response:
 
 async def seed_session(request: web.Request) -> web.Response:
     """Start a session from a dataset row; the reply sets its cookie."""
-    session = await request.app[SESSIONS].seed(await _body(request))
+    session = await request.app[SESSIONS].seed(await _body(request, exact=True))
     response = _json({"session_id": session})
     response.headers[HEADER] = session
     return response
@@ -200,7 +212,7 @@ async def call_tool(request: web.Request) -> web.Response:
 
 async def verify(request: web.Request) -> web.Response:
     """Score the session: the request body echoed back with `reward` (and `reward_components`)."""
-    body = await _object(request)
+    body = await _object(request, exact=True)
     session = _incoming(request)
     sessions = request.app[SESSIONS]
     if session is None:

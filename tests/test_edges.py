@@ -752,3 +752,24 @@ async def test_tool_calls_do_not_queue_behind_a_stuck_judge(store: SqliteStore) 
         results = await asyncio.gather(*verifies)
         sessions.shutdown()
     assert [r.reward for r in results] == [1.0] * len(verifies)
+
+
+async def test_integers_past_64_bits_in_a_row_or_verify_body_are_not_turned_into_floats(
+    client: TestClient[Any, Any],
+) -> None:
+    huge = b"1180591620717411303425"  # 2**70 + 1
+    resp = await client.post("/seed_session", data=b'{"initial_count": 0, "meta": ' + huge + b"}")
+    assert resp.status == 422 and (await resp.json())["error"] == "unrecordable"
+    assert await client.app[SESSIONS].store.sessions() == []  # nothing recorded, nothing changed
+    agent = Agent(client)
+    await agent.post("/seed_session", row(note="id 12345678901234567890123"))  # digits in a string: as is
+    sid = agent.cookie or ""
+    body = b'{"response": {"output": []}, "x": ' + huge + b"}"
+    resp = await client.post("/verify", data=body, headers={HEADER: sid})
+    assert resp.status == 200 and b'"x":' + huge in await resp.read()  # echoed exactly
+    body = b'{"response": {"output": [], "n": ' + huge + b"}}"
+    resp = await client.post("/verify", data=body, headers={HEADER: sid})
+    assert resp.status == 422 and (await resp.json())["error"] == "unrecordable"
+    assert await kinds(client, sid) == ["seeded", "verified"]
+    events = await client.app[SESSIONS].store.read(sid)
+    assert events[0].data["row"]["note"] == "id 12345678901234567890123"
