@@ -181,7 +181,7 @@ class JudgeClient:
         req = urllib.request.Request(url, data=orjson.dumps(body), headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.config.timeout) as resp:
-                raw = resp.read()
+                raw = self._read(resp)
         except urllib.error.HTTPError as e:
             detail = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace')}"
             if e.code == 429 or e.code >= 500:
@@ -196,6 +196,17 @@ class JudgeClient:
         if not isinstance(reply, dict):
             raise _Transient("the reply is not a JSON object")
         return reply
+
+    def _read(self, resp: Any) -> bytes:
+        """The reply's body, within the timeout as a whole: the socket's own applies to each read,
+        so a judge (or proxy) that trickles its reply in could otherwise hold the call for ever."""
+        deadline = time.monotonic() + self.config.timeout
+        chunks = []
+        while chunk := resp.read1(65536):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the reply took longer than the {self.config.timeout:g} s timeout")
+        return b"".join(chunks)
 
     def _text(self, reply: dict[str, Any]) -> str:
         """The judge's answer in a chat-completions or responses reply, or `_Transient` if it has none."""

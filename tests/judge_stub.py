@@ -13,6 +13,7 @@ import threading
 from types import TracebackType
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 
@@ -96,6 +97,18 @@ class StubJudge:
                 )
             message = {"role": "assistant", "content": text}
             choices = [{"index": 0, "message": message, "finish_reason": "stop"}]
-            return web.json_response({"id": "chatcmpl-1", "model": body["model"], "choices": choices})
+            reply = {"id": "chatcmpl-1", "model": body["model"], "choices": choices}
+            if (
+                fault == "drip"
+            ):  # a whole, valid reply, a few bytes at a time (a judge or proxy that trickles)
+                raw = orjson.dumps(reply)
+                stream = web.StreamResponse(headers={"Content-Type": "application/json"})
+                stream.content_length = len(raw)
+                await stream.prepare(request)
+                for i in range(0, len(raw), 16):
+                    await stream.write(raw[i : i + 16])
+                    await asyncio.sleep(0.05)
+                return stream
+            return web.json_response(reply)
         finally:
             self.inflight -= 1

@@ -278,3 +278,12 @@ async def test_rejudging_keeps_the_judges_concurrency_busy(
         assert len(slow.requests) == 6 and slow.max_inflight == 3  # one at a time, it was
     report = orjson.loads(capsys.readouterr().out)
     assert report["verified_sessions"] == 6 and report["errors"] == []
+
+
+def test_a_reply_that_trickles_in_is_cut_off_at_the_timeout() -> None:
+    with StubJudge() as judge:
+        judge.plan = ["drip", "drip"]  # whole, valid replies, in some 20 reads 0.05 s apart: about a second
+        client = client_for(judge, timeout=0.3, max_retries=1)
+        with pytest.raises(EffectFailed, match=r"took longer than the 0\.3 s timeout"):
+            client.perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
+    assert len(judge.requests) == 2  # cut off, then retried
