@@ -217,7 +217,10 @@ def serve_command(
     new_log = db != ":memory:" and not Path(db).exists()
     store = SqliteStore(db, synchronous=synchronous)
 
+    listening: list[str] = []  # once bound, the log may hold calls: it stays whatever happens
+
     def announce(url: str) -> None:
+        listening.append(url)
         click.echo(f"esenv: serving {environment.name!r} on {url} (event log: {db})", err=True)
         if judge is not None:
             click.echo(f"esenv: judge {judge.config.model!r} at {judge.config.base_url}", err=True)
@@ -246,7 +249,7 @@ def serve_command(
     try:
         asyncio.run(run())
     except OSError:  # it could not listen (a port in use, an unknown host): leave no empty log behind
-        if new_log:
+        if new_log and not listening:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
         raise

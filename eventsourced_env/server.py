@@ -144,7 +144,8 @@ async def _body(request: web.Request, *, exact: bool = False) -> Any:
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from e
     if exact and _TWENTY_DIGITS in raw.translate(_DIGITS):  # maybe such an integer (or digits in a string)
-        with contextlib.suppress(RecursionError):  # deeper than the standard library reads: as is
+        # Deeper than the standard library reads, or past its digits for an integer: as orjson read it.
+        with contextlib.suppress(RecursionError, ValueError):
             body = json.loads(raw)
     return body
 
