@@ -77,7 +77,8 @@ class JudgeConfig:
         for name in ("base_url", "model", "api_key"):
             value = getattr(self, name)
             if not isinstance(value, str) and not (name == "api_key" and value is None):
-                raise ConfigError(f"judge setting {name} must be a string, not {value!r}")
+                shown = "something else" if name == "api_key" else repr(value)  # a key is not repeated
+                raise ConfigError(f"judge setting {name} must be a string, not {shown}")
         for name, low, integer, strict in _LIMITS:
             value = getattr(self, name)
             kind = int if integer else int | float
