@@ -27,7 +27,7 @@ from .replay import ReplayReport
 from .server import DEFAULT_MAX_BODY, check_exposure, create_app, serve
 from .sessions import EFFECT_THREADS
 from .snapshot import STATUSES, Filters, Snapshot, parse_time
-from .sqlite_store import SqliteStore
+from .sqlite_store import SQLITE_FILES, SqliteStore
 from .stats import format_stats, stats
 
 __all__ = ["cli", "main", "run"]
@@ -250,7 +250,7 @@ def serve_command(
         asyncio.run(run())
     except OSError:  # it could not listen (a port in use, an unknown host): leave no empty log behind
         if new_log and not listening:
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in SQLITE_FILES:
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
         raise
 

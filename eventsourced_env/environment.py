@@ -439,7 +439,7 @@ class Environment(Generic[T, S]):
             result: Any = tool.fn(state, args, ctx)
         except ToolError as e:
             return state, {"error": e.detail}
-        if not isinstance(result, tuple | list) or len(result) != 2 or not isinstance(result[0], State):
+        if not isinstance(result, (tuple, list)) or len(result) != 2 or not isinstance(result[0], State):
             # Caught here, not at the next call: a pydantic state unpacks as (name, value) pairs.
             raise TypeError(f"it must return (new_state, observation), a State first; not {_shape(result)}")
         new_state, observation = result

@@ -35,7 +35,7 @@ import orjson
 from .environment import failure_fields
 from .errors import ConfigError
 from .snapshot import Filters, SessionLog, SessionSummary, Snapshot
-from .sqlite_store import INSERT_EVENT, SCHEMA
+from .sqlite_store import INSERT_EVENT, SCHEMA, SQLITE_FILES
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -360,7 +360,7 @@ def output_paths(
         files = [out]
     # The log and the files SQLite keeps beside it: writing over its WAL would lose its latest events.
     log = Path(db).resolve() if db is not None else None
-    log_files = {Path(f"{log}{suffix}") for suffix in _SQLITE_FILES} if log is not None else set()
+    log_files = {Path(f"{log}{suffix}") for suffix in SQLITE_FILES} if log is not None else set()
     for file in files:
         if file.resolve() in log_files:
             raise ConfigError(
@@ -370,10 +370,6 @@ def output_paths(
         if file.exists() and not force:
             raise ConfigError(f"{str(file)!r} exists; pass --force to write over it")
     return files
-
-
-#: A SQLite database file, and the files SQLite keeps beside it (by suffix).
-_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
 
 
 @contextlib.contextmanager
@@ -399,7 +395,7 @@ def staged(files: list[Path], *, sqlite: bool = False) -> Iterator[list[Path]]:
         raise
     for temp, file in zip(temps, files, strict=True):
         if sqlite:
-            for suffix in _SQLITE_FILES[1:]:
+            for suffix in SQLITE_FILES[1:]:
                 Path(f"{file}{suffix}").unlink(missing_ok=True)
         os.replace(temp, file)
 

@@ -57,13 +57,13 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from .errors import ConfigError, Conflict, EnvError, LogCorrupt, StoreError, StoreUnavailable
 from .events import FORKED, SEEDED, Event, decode_event
 from .store import SessionInfo, Store
 
-__all__ = ["INSERT_EVENT", "SCHEMA", "SqliteStore"]
+__all__ = ["INSERT_EVENT", "SCHEMA", "SQLITE_FILES", "SqliteStore"]
 
 R = TypeVar("R")
 
@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
 ) WITHOUT ROWID;
 """
 
+#: A SQLite database file and the files SQLite keeps beside it, by suffix: the log is all of them.
+SQLITE_FILES: Final = ("", "-wal", "-shm", "-journal")
 INSERT_EVENT = "INSERT INTO events (session, seq, kind, at, hash, body) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_SNAPSHOT = "INSERT OR REPLACE INTO snapshots (session, seq, body) VALUES (?, ?, ?)"
 _INSERT_SESSION = "INSERT INTO sessions (id, env, created_at) VALUES (?, ?, ?)"
