@@ -214,6 +214,8 @@ class SqliteStore(Store):
         self._syncer_loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: _InFlight | None = None
         self._writer = self._connect()
+        # The WAL is where SQLite keeps it: beside the file the path resolves to (a symlink followed).
+        self._wal = self._writer.execute("PRAGMA database_list").fetchone()[2] + "-wal"
         if self._syncs:
             self._writer.execute("PRAGMA synchronous=NORMAL")  # the syncer makes each commit durable
         try:
@@ -314,7 +316,7 @@ class SqliteStore(Store):
             self._drop_syncer()  # its replies go to a loop that is gone (a store used across asyncio.run)
         if self._syncer is None:
             syncer = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _SYNCER, self.path + "-wal"],
+                [sys.executable, "-I", "-S", "-c", _SYNCER, self._wal],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 bufsize=0,

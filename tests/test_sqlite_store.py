@@ -258,3 +258,20 @@ async def test_a_big_batch_goes_to_the_syncer_too_which_runs_as_a_batch_process(
             assert await store.read(session) == events
     finally:
         await store.close()
+
+
+async def test_a_log_reached_through_a_symlink_is_fsynced_where_sqlite_writes_it(tmp_path: Path) -> None:
+    # SQLite follows the link and keeps its WAL beside the target; the syncer must fsync that file,
+    # not "<link>-wal" (missing: every call was a 503; or a stale file: acknowledged, not durable).
+    (tmp_path / "volume").mkdir()
+    link = tmp_path / "log.db"
+    link.symlink_to(tmp_path / "volume" / "target.db")
+    (tmp_path / "log.db-wal").write_bytes(b"")  # a stale file where the WAL is not
+    store = SqliteStore(link)
+    try:
+        await store.append("s1", log(2))
+        assert store._syncer is not None
+        assert store._syncer.args[-1] == str(tmp_path / "volume" / "target.db-wal")
+        assert await store.read("s1") == log(2)
+    finally:
+        await store.close()
