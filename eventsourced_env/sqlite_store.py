@@ -100,6 +100,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
 ) WITHOUT ROWID;
 """
 
+#: The columns each of the log's tables must have (an existing table without them is another program's).
+_COLUMNS: Final = {
+    "events": {"session", "seq", "kind", "at", "hash", "body"},
+    "sessions": {"id", "env", "created_at"},
+    "snapshots": {"session", "seq", "body"},
+}
 #: A SQLite database file and the files SQLite keeps beside it, by suffix: the log is all of them.
 SQLITE_FILES: Final = ("", "-wal", "-shm", "-journal")
 INSERT_EVENT = "INSERT INTO events (session, seq, kind, at, hash, body) VALUES (?, ?, ?, ?, ?, ?)"
@@ -218,12 +224,26 @@ class SqliteStore(Store):
         self._wal = self._writer.execute("PRAGMA database_list").fetchone()[2] + "-wal"
         if self._syncs:
             self._writer.execute("PRAGMA synchronous=NORMAL")  # the syncer makes each commit durable
+        legacy = False
         try:
-            columns = {row[1] for row in self._writer.execute("PRAGMA table_info(events)")}
-            # A log in the earlier layout, keyed by (session, seq), needs no second index for that.
-            legacy = bool(columns) and "id" not in columns
-            self._writer.executescript(SCHEMA.replace(_EVENTS_INDEX, "") if legacy else SCHEMA)
+            # A table of ours that another program made (other columns) is refused, the file untouched.
+            for table, needed in _COLUMNS.items():
+                have = {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}
+                if have and not needed <= have:
+                    self._writer.close()
+                    raise ConfigError(
+                        f"{self.path!r} is not an event log: its table {table!r} has columns "
+                        f"{', '.join(sorted(have))}, not {', '.join(sorted(needed))}"
+                    )
+                if table == "events":
+                    # A log in the earlier layout, keyed by (session, seq), needs no second index for that.
+                    legacy = bool(have) and "id" not in have
+            # In one transaction: a schema that fails half-way leaves nothing behind.
+            schema = SCHEMA.replace(_EVENTS_INDEX, "") if legacy else SCHEMA
+            self._writer.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
         except sqlite3.Error as e:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
             self._writer.close()
             raise ConfigError(f"cannot use {self.path!r} as an event store: {e}") from e
 

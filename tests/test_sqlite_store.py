@@ -275,3 +275,20 @@ async def test_a_log_reached_through_a_symlink_is_fsynced_where_sqlite_writes_it
         assert await store.read("s1") == log(2)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "theirs",
+    [
+        "CREATE TABLE events (x INTEGER, y TEXT)",  # another program's events
+        "CREATE TABLE sessions (id INTEGER, y TEXT)",  # another program's sessions
+        "CREATE TABLE snapshots (who TEXT)",
+    ],
+)
+def test_a_database_of_another_program_is_refused_and_left_as_it_was(db_path: Path, theirs: str) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(theirs)
+    with pytest.raises(ConfigError, match="not an event log"):
+        SqliteStore(db_path)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master")] == [theirs]
