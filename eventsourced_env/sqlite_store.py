@@ -125,22 +125,39 @@ _InFlight = tuple[list[_Append], list["EnvError | None"], "asyncio.Future[None]"
 
 # The syncer: for each burst of requests on stdin, one fsync of the WAL file, then one reply byte
 # per request: "." once durable, "!" if the fsync failed (then it exits: a file whose fsync failed
-# is not trusted again). It exits when stdin closes, so it never outlives the server.
+# is not trusted again), "g" if the log's files are not the server's any more: deleted (SQLite goes
+# on writing to a deleted file, lost when the server exits) or, at its start, others at those
+# paths (argv: the WAL, the database, and the identity, device:inode, each had when the store
+# opened). It exits when stdin closes, so it never outlives the server.
 _SYNCER = """
 import os, sys
 try:  # on Linux: waking it does not preempt the server (see the module docstring)
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 except (AttributeError, OSError):
     pass
-wal = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    files = [os.open(path, os.O_RDONLY) for path in sys.argv[1:3]]
+    ours = [f"{s.st_dev}:{s.st_ino}" for s in map(os.fstat, files)] == sys.argv[3:5]
+except FileNotFoundError:
+    files, ours = [], False
 while requests := len(os.read(0, 65536)):
+    if not ours:
+        os.write(1, b"g" * requests)
+        break
     try:
-        os.fsync(wal)
+        os.fsync(files[0])
     except OSError:
         os.write(1, b"!" * requests)
         break
+    if not all(os.fstat(f).st_nlink for f in files):
+        os.write(1, b"g" * requests)
+        break
     os.write(1, b"." * requests)
 """
+_GONE = (
+    "the event log's files were deleted or replaced under the server: nothing more can be recorded "
+    "there; restart the server"
+)
 
 
 def _decoded(session: str, rows: list[tuple[int, bytes, str]]) -> list[Event]:
@@ -221,7 +238,11 @@ class SqliteStore(Store):
         self._in_flight: _InFlight | None = None
         self._writer = self._connect()
         # The WAL is where SQLite keeps it: beside the file the path resolves to (a symlink followed).
-        self._wal = self._writer.execute("PRAGMA database_list").fetchone()[2] + "-wal"
+        database = self._writer.execute("PRAGMA database_list").fetchone()[2]
+        self._wal = database + "-wal"
+        self._files: list[str] = []  # for the syncer: the WAL and the database, and who they are
+        #: Why nothing more can be written or read (the log's files were deleted), if so.
+        self._gone: str | None = None
         if self._syncs:
             self._writer.execute("PRAGMA synchronous=NORMAL")  # the syncer makes each commit durable
         legacy = False
@@ -241,6 +262,9 @@ class SqliteStore(Store):
             # In one transaction: a schema that fails half-way leaves nothing behind.
             schema = SCHEMA.replace(_EVENTS_INDEX, "") if legacy else SCHEMA
             self._writer.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+            if self._syncs:  # the WAL exists now: the schema's transaction opened it
+                stats = [os.stat(path) for path in (self._wal, database)]
+                self._files = [self._wal, database, *(f"{s.st_dev}:{s.st_ino}" for s in stats)]
         except sqlite3.Error as e:
             if self._writer.in_transaction:
                 self._writer.execute("ROLLBACK")
@@ -264,8 +288,8 @@ class SqliteStore(Store):
 
     async def append(self, session: str, events: Sequence[Event]) -> None:
         """Add the events to this turn's batch and wait until the batch is committed."""
-        if self._closed:
-            raise StoreUnavailable("the event store is closed")
+        if self._closed or self._gone is not None:
+            raise StoreUnavailable(self._gone or "the event store is closed")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         if not self._pending:
@@ -304,6 +328,9 @@ class SqliteStore(Store):
                     self._writer.execute("ROLLBACK")
         if not batch:
             return
+        if self._gone is not None:
+            _settle(batch, [StoreUnavailable(self._gone)] * len(batch))
+            return
         try:
             self._write(self._writer, batch)
             outcomes: list[EnvError | None] = [None] * len(batch)
@@ -336,7 +363,7 @@ class SqliteStore(Store):
             self._drop_syncer()  # its replies go to a loop that is gone (a store used across asyncio.run)
         if self._syncer is None:
             syncer = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _SYNCER, self._wal],
+                [sys.executable, "-I", "-S", "-c", _SYNCER, *self._files],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 bufsize=0,
@@ -357,8 +384,11 @@ class SqliteStore(Store):
             return
         except OSError:
             replies = b""
-        if replies and b"!" not in replies:
+        if replies and b"!" not in replies and b"g" not in replies:
             self._finish_sync(None)
+        elif b"g" in replies:  # the log's files were deleted: nothing written from now on is kept
+            self._gone = _GONE
+            self._drop_syncer(OSError(_GONE))
         else:  # gone, or its fsync failed (a file whose fsync failed is not trusted again)
             self._drop_syncer(OSError("fsync failed" if replies else "the syncer stopped"))
 
@@ -425,8 +455,8 @@ class SqliteStore(Store):
         return conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
-        if self._closed:
-            raise StoreUnavailable("the event store is closed")
+        if self._closed or self._gone is not None:
+            raise StoreUnavailable(self._gone or "the event store is closed")
 
         def call() -> R:
             try:

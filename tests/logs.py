@@ -121,3 +121,9 @@ def lifted(columns: dict[str, Any]) -> dict[str, Any]:
         k: columns[k] for k in ("tool", "args", "observation", "error", "reward") if columns[k] is not None
     }
     return {**data, **(columns["extra"] or {})}
+
+
+def delete_log(db: Path) -> None:
+    """Delete a log's files, as an operator's `rm` would."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink()

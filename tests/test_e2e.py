@@ -12,6 +12,7 @@ import pytest
 
 from eventsourced_env.cli import main
 from eventsourced_env.events import decode_event, first_broken_link
+from tests.logs import delete_log
 from tests.serverproc import ServerProcess
 from tools.loadgen import AgentClient, counter_row, run
 
@@ -98,3 +99,24 @@ async def test_sigkill_under_load_loses_no_acknowledged_call(tmp_path: Path) -> 
                 assert total in (logged, logged - steps[-1])
                 async with http.get(f"{server.url}/sessions/{session}/state") as resp:
                     assert (await resp.json())["state"] == {"count": logged}
+
+
+async def test_a_log_deleted_under_the_server_acknowledges_nothing_more(tmp_path: Path) -> None:
+    # SQLite goes on writing to the deleted file, which is gone when the server exits: what it
+    # acknowledged after the deletion was lost. Now every write (and a retry) is a 503 naming why.
+    db = tmp_path / "deleted.db"
+    with ServerProcess("counter", db) as server:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            client = AgentClient(http, server.url)
+            assert (await client.post("/seed_session", counter_row(0, 0, 0, 3)))[0] == 200
+            assert await client.post("/increment_counter", {"count": 1}) == (200, {"success": True})
+            delete_log(db)
+            key = {"Idempotency-Key": "k1"}
+            for _ in range(2):  # the call, then its retry
+                status, body = await client.post("/increment_counter", {"count": 1}, key)
+                assert status == 503 and body["error"] == "store_unavailable", body
+                assert "deleted or replaced" in body["detail"]
+            fresh = AgentClient(http, server.url)
+            status, body = await fresh.post("/seed_session", counter_row(1, 0, 0, 3))
+            assert status == 503 and "restart" in body["detail"], body
+        assert server.stop() == 0

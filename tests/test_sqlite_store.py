@@ -12,6 +12,7 @@ import pytest
 from eventsourced_env import ConfigError, Conflict, SqliteStore, StoreUnavailable, sqlite_store
 from eventsourced_env.events import Event, first_broken_link, make_event
 from eventsourced_env.sqlite_store import INSERT_EVENT
+from tests.logs import delete_log
 
 
 def log(n: int, env: str = "counter", start: float = 100.0) -> list[Event]:
@@ -271,7 +272,11 @@ async def test_a_log_reached_through_a_symlink_is_fsynced_where_sqlite_writes_it
     try:
         await store.append("s1", log(2))
         assert store._syncer is not None
-        assert store._syncer.args[-1] == str(tmp_path / "volume" / "target.db-wal")
+        wal, database = store._syncer.args[5:7]
+        assert (wal, database) == (
+            str(tmp_path / "volume" / "target.db-wal"),
+            str(tmp_path / "volume" / "target.db"),
+        )
         assert await store.read("s1") == log(2)
     finally:
         await store.close()
@@ -292,3 +297,24 @@ def test_a_database_of_another_program_is_refused_and_left_as_it_was(db_path: Pa
         SqliteStore(db_path)
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         assert [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master")] == [theirs]
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+async def test_a_log_deleted_before_the_first_fsync_is_unavailable_for_good(
+    db_path: Path, replaced: bool
+) -> None:
+    store = SqliteStore(db_path)
+    try:
+        delete_log(db_path)
+        if replaced:  # another log made at the same path: fsyncing it would vouch for nothing of ours
+            await SqliteStore(db_path).close()
+            with sqlite3.connect(db_path) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("CREATE TABLE t (x)")
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable, match="deleted or replaced"):
+                await store.append("s1", log(1))
+        with pytest.raises(StoreUnavailable, match="restart the server"):
+            await store.read("s1")
+    finally:
+        await store.close()
