@@ -216,7 +216,18 @@ def serve_command(
     judge = _judge(judge_given) if "judge" in environment.effects else None
     performers: dict[str, Performer] = judge.performers() if judge is not None else {}
     new_log = db != ":memory:" and not Path(db).exists()
-    store = SqliteStore(db, synchronous=synchronous)
+
+    def remove_new_log() -> None:
+        """Leave no new, empty log behind when serve stops before it listens."""
+        if new_log:
+            for suffix in SQLITE_FILES:
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    try:
+        store = SqliteStore(db, synchronous=synchronous)
+    except BaseException:  # no room for it, say
+        remove_new_log()
+        raise
 
     listening: list[str] = []  # once bound, the log may hold calls: it stays whatever happens
 
@@ -250,9 +261,8 @@ def serve_command(
     try:
         asyncio.run(run())
     except BaseException:  # it never listened (a port in use, an unknown host…): leave no empty log behind
-        if new_log and not listening:
-            for suffix in SQLITE_FILES:
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if not listening:
+            remove_new_log()
         raise
 
 

@@ -192,6 +192,14 @@ def _translate(e: Exception, session: str) -> EnvError:
     return StoreError(f"the event store failed ({type(e).__name__}: {e}); nothing was written")
 
 
+def _open_failure(e: sqlite3.Error, path: str, doing: str) -> EnvError:
+    """Why a log cannot be opened: the system refuses it now (locked, no room, an I/O error), or
+    the path is not one (a ConfigError: a mistake in the command)."""
+    if any(word in str(e).lower() for word in _UNAVAILABLE):
+        return StoreUnavailable(f"cannot {doing} {path!r} now: {e}")
+    return ConfigError(f"cannot {doing} {path!r}: {e}")
+
+
 def _settle(batch: list[_Append], outcomes: list[EnvError | None]) -> None:
     """Answer each caller of a batch: done, or its error."""
     for (_, _, done), error in zip(batch, outcomes, strict=True):
@@ -269,7 +277,7 @@ class SqliteStore(Store):
             if self._writer.in_transaction:
                 self._writer.execute("ROLLBACK")
             self._writer.close()
-            raise ConfigError(f"cannot use {self.path!r} as an event store: {e}") from e
+            raise _open_failure(e, self.path, "make the event log in") from e
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -279,7 +287,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.Error as e:
-            raise ConfigError(f"cannot open the database {self.path!r}: {e}") from e
+            raise _open_failure(e, self.path, "open the database") from e
         with self._connections_lock:
             self._connections.append(conn)
         return conn

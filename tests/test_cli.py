@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -242,3 +243,28 @@ def test_ctrl_c_exits_130(
     monkeypatch.setattr(eventsourced_env.cli, "stats", interrupted)
     assert main(["stats", "--db", str(db_path)]) == 130
     assert "Aborted!" in capsys.readouterr().err
+
+
+def test_serve_on_a_log_the_system_refuses_is_exit_1_and_leaves_no_new_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Another process holds the log locked: the system refuses it (1), not a mistake in the command (2).
+    locked = tmp_path / "locked.db"
+    with contextlib.closing(sqlite3.connect(locked, isolation_level=None)) as holder:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN EXCLUSIVE")
+        assert main(["serve", "counter", "--db", str(locked), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and str(locked) in err and "locked" in err
+
+    # No room to write (a quota, a full disk): one line, exit 1, and the new log it began is removed.
+    def no_room() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    full = tmp_path / "full.db"
+    serve = [sys.executable, "-m", "eventsourced_env", "serve", "counter", "--db", str(full), "--port", "0"]
+    done = subprocess.run(serve, capture_output=True, text=True, timeout=60, preexec_fn=no_room)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("Error: ") and str(full) in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked.db"]
