@@ -360,14 +360,14 @@ class Sessions:
             await self._refuse_seed_inside(carried)
         seed = _session_seed(row, secrets.randbits(63))
         session = chosen or _new_session_id()
-        self._make_room(1)
         async with self._lock(session):
             if chosen is not None:
                 existing = await self.store.read(session, upto=1)
                 if existing:
                     if existing[0].data.get("row") == row:
-                        return session
+                        return session  # a retry: nothing new is held in memory, so no cap applies
                     raise Conflict(f"session {session!r} was already seeded with a different row")
+            self._make_room(1)
             at = self._clock()
             state = self._start(task, seed, at)
             data = {"env": self.env.name, "env_version": self.env.version, "seed": seed, "row": row}

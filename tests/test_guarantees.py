@@ -197,6 +197,17 @@ async def test_caps_on_events_and_live_sessions(store: SqliteStore) -> None:
     assert sessions.live == 1
 
 
+async def test_a_retried_seed_of_a_live_session_is_answered_at_the_cap(store: SqliteStore) -> None:
+    # Its session is live already: the retry (a reply lost) adds nothing, so the cap does not refuse it.
+    sessions = Sessions(counter_env, store, max_live=1)
+    chosen = row(_ng_session_id="rollout-1")
+    assert await sessions.seed(chosen) == "rollout-1"
+    assert await sessions.seed(chosen) == "rollout-1"
+    with pytest.raises(TooManySessions):
+        await sessions.seed(row())
+    assert sessions.live == 1
+
+
 async def test_caps_over_http(aiohttp_client: ClientFactory, db_path: Path) -> None:
     app = create_app(counter_env, SqliteStore(db_path), max_events=2, max_live=1)
     client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
