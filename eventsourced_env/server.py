@@ -396,6 +396,20 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> None:
     )
 
 
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each rollout holds a connection, and a
+    shell's soft limit (1,024 on many systems) is reached long before the hard one. Out of files,
+    the server could neither accept connections nor start its syncer (every write a 503)."""
+    try:
+        import resource
+    except ImportError:  # not on this system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(
     app: web.Application,
     *,
@@ -405,8 +419,10 @@ async def serve(
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, then drain in-flight calls and flush the log.
 
-    The cyclic garbage collector runs rarely while serving (`rare_gc`).
+    The cyclic garbage collector runs rarely while serving (`rare_gc`); the soft limit on open
+    files is lifted to the hard one (`raise_open_files_limit`).
     """
+    raise_open_files_limit()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     with rare_gc():

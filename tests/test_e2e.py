@@ -120,3 +120,26 @@ async def test_a_log_deleted_under_the_server_acknowledges_nothing_more(tmp_path
             status, body = await fresh.post("/seed_session", counter_row(1, 0, 0, 3))
             assert status == 503 and "restart" in body["detail"], body
         assert server.stop() == 0
+
+
+async def test_more_connections_than_the_shells_open_files_limit_still_get_their_calls_recorded(
+    tmp_path: Path,
+) -> None:
+    # A shell's soft limit (1,024 on many systems; 64 here) is far below thousands of rollouts'
+    # connections: the server could not start its syncer and answered every write with a 503.
+    with ServerProcess("counter", tmp_path / "many.db", open_files=64) as server:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1), cookie_jar=aiohttp.DummyCookieJar()
+        ) as http:
+            client = AgentClient(http, server.url)
+            async with http.get(server.url) as resp:
+                assert resp.status == 200  # this connection is accepted and kept
+            host, port = server.url.removeprefix("http://").split(":")
+            others = [await asyncio.open_connection(host, int(port)) for _ in range(100)]
+            await asyncio.sleep(0.5)  # the server accepts them
+            status, body = await client.post("/seed_session", counter_row(0, 0, 0, 1))
+            assert status == 200, body
+            assert await client.post("/increment_counter", {"count": 1}) == (200, {"success": True})
+            for _, writer in others:
+                writer.close()
+        assert server.stop() == 0

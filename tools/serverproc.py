@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -13,7 +14,15 @@ from types import TracebackType
 class ServerProcess:
     """A running `python -m eventsourced_env serve ENV` on a loopback port (a free one by default)."""
 
-    def __init__(self, env: str, db: Path, *extra: str, port: int = 0) -> None:
+    def __init__(self, env: str, db: Path, *extra: str, port: int = 0, open_files: int | None = None) -> None:
+        """`open_files`: start it with this soft limit on open files (as a shell's `ulimit -Sn`)."""
+
+        def limit() -> None:
+            if open_files is not None:
+                resource.setrlimit(
+                    resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+                )
+
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -31,6 +40,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit if open_files is not None else None,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
