@@ -508,20 +508,22 @@ class Sessions:
             raise Conflict(f"session {parent!r} is closed by seq {last}; fork it before its close")
         base = fold(self.env, events)
         self._make_room(count)
-        forks = []
+        made = []
         for _ in range(count):
-            session = _new_session_id()
-            at_time = self._clock()
-            forked = make_event(events[-1].hash, last + 1, FORKED, at_time, {"parent": parent, "at": last})
-            await self.store.append(session, [*events, forked])
+            forked = make_event(
+                events[-1].hash, last + 1, FORKED, self._clock(), {"parent": parent, "at": last}
+            )
+            made.append((_new_session_id(), forked))
+        # All or nothing: a fork that fails part way (a full disk) leaves no session nobody was told of.
+        await self.store.append_many([(session, [*events, forked]) for session, forked in made])
+        for session, forked in made:
             # As a rebuild from its log would have it: the parent's state and idempotency keys.
             keys = dict(base.keys)
             folded = Folded(
-                self.env, base.task, base.seed, base.state, forked.seq, forked.hash, keys=keys, used=at_time
+                self.env, base.task, base.seed, base.state, forked.seq, forked.hash, keys=keys, used=forked.at
             )
             self._remember(session, folded)
-            forks.append(session)
-        return forks
+        return [session for session, _ in made]
 
     def verify_stateless(self, body: dict[str, Any]) -> tuple[VerifyResult, dict[str, Any]]:
         """Verify a trajectory without a session: fold the request's own function calls from its row.

@@ -118,7 +118,8 @@ FROM sessions s JOIN events e
 """
 _UNAVAILABLE = ("disk is full", "readonly", "read-only", "locked", "disk i/o error", "unable to open")
 
-_Append = tuple[str, Sequence[Event], "asyncio.Future[None]"]
+# One caller's append: the logs it writes (one session's, or several sessions' all or nothing).
+_Append = tuple[Sequence[tuple[str, Sequence[Event]]], "asyncio.Future[None]"]
 # A committed batch whose fsync is in flight: its appends, each caller's outcome, and a future
 # done when the fsync is.
 _InFlight = tuple[list[_Append], list["EnvError | None"], "asyncio.Future[None]"]
@@ -202,7 +203,7 @@ def _open_failure(e: sqlite3.Error, path: str, doing: str) -> EnvError:
 
 def _settle(batch: list[_Append], outcomes: list[EnvError | None]) -> None:
     """Answer each caller of a batch: done, or its error."""
-    for (_, _, done), error in zip(batch, outcomes, strict=True):
+    for (_, done), error in zip(batch, outcomes, strict=True):
         if done.done():  # the caller was cancelled; its events are committed all the same
             continue
         if error is None:
@@ -296,14 +297,22 @@ class SqliteStore(Store):
 
     async def append(self, session: str, events: Sequence[Event]) -> None:
         """Add the events to this turn's batch and wait until the batch is committed."""
+        await self._enqueue(((session, events),))
+
+    async def append_many(self, logs: Sequence[tuple[str, Sequence[Event]]]) -> None:
+        """Append to several sessions in one transaction: all of them are written, or none."""
+        await self._enqueue(logs)
+
+    def _enqueue(self, logs: Sequence[tuple[str, Sequence[Event]]]) -> asyncio.Future[None]:
+        """Add `logs` to this turn's batch; the future is done once the batch is committed."""
         if self._closed or self._gone is not None:
             raise StoreUnavailable(self._gone or "the event store is closed")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((session, events, done))
-        await done
+        self._pending.append((logs, done))
+        return done
 
     def save_snapshot(self, session: str, seq: int, body: bytes) -> None:
         """Keep a snapshot with the next batch (best effort: a lost one only means a longer fold)."""
@@ -350,7 +359,7 @@ class SqliteStore(Store):
                     self._write(self._writer, [item])
                     outcomes.append(None)
                 except Exception as e:
-                    outcomes.append(_translate(e, item[0]))
+                    outcomes.append(_translate(e, item[0][0][0]))
         if self._syncs and None in outcomes:
             try:
                 self._request_sync()
@@ -432,17 +441,18 @@ class SqliteStore(Store):
     def _write(conn: sqlite3.Connection, batch: list[_Append]) -> None:
         rows = []
         sessions = []
-        for session, events, _ in batch:
-            first = events[0] if events else None
-            if first is not None and first.seq == 1 and first.kind == SEEDED:
-                # The append that holds a session's seeded event creates it: a seed, or a fork (its
-                # parent's events, copied, then its own `forked` event, the last `forked` one). A
-                # fork is indexed at the time it was made, not at its parent's.
-                forked = next((ev for ev in reversed(events) if ev.kind == FORKED), None)
-                created = forked.at if forked is not None else first.at
-                sessions.append((session, first.data["env"], created))
-            for ev in events:
-                rows.append((session, ev.seq, ev.kind, ev.at, ev.hash, ev.body))
+        for logs, _ in batch:
+            for session, events in logs:
+                first = events[0] if events else None
+                if first is not None and first.seq == 1 and first.kind == SEEDED:
+                    # The append that holds a session's seeded event creates it: a seed, or a fork (its
+                    # parent's events, copied, then its own `forked` event, the last `forked` one). A
+                    # fork is indexed at the time it was made, not at its parent's.
+                    forked = next((ev for ev in reversed(events) if ev.kind == FORKED), None)
+                    created = forked.at if forked is not None else first.at
+                    sessions.append((session, first.data["env"], created))
+                for ev in events:
+                    rows.append((session, ev.seq, ev.kind, ev.at, ev.hash, ev.body))
         try:
             conn.execute("BEGIN IMMEDIATE")
             if sessions:

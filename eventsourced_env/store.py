@@ -50,6 +50,12 @@ class Store(ABC):
         and nothing of the call is written. Faults raise `StoreUnavailable` (try later) or `StoreError`.
         """
 
+    async def append_many(self, logs: Sequence[tuple[str, Sequence[Event]]]) -> None:
+        """Append to several sessions, all or nothing if the backend can (one transaction); this
+        default appends them one after the other."""
+        for session, events in logs:
+            await self.append(session, events)
+
     @abstractmethod
     async def read(self, session: str, upto: int | None = None) -> list[Event]:
         """The session's events in seq order (up to and including seq `upto`); empty if unknown."""

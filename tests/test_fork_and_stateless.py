@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
-from eventsourced_env import Sessions, SqliteStore
+from environments.counter import env as counter_env
+from eventsourced_env import Conflict, Sessions, SqliteStore
+from eventsourced_env import sessions as sessions_module
 from eventsourced_env.conformance import trajectory_response
 from eventsourced_env.replay import check_log
 from eventsourced_env.server import COOKIE, HEADER, SESSIONS
@@ -191,3 +194,21 @@ async def test_fork_errors_are_clear(client: TestClient[Any, Any]) -> None:
     resp = await client.post(f"/sessions/{parent}/fork", data=b'{"at": 2}')
     assert resp.status == 200  # before the close is fine
     assert len(await client.app[SESSIONS].store.sessions()) == 2
+
+
+async def test_a_fork_that_fails_part_way_writes_none_of_its_sessions(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk (here: an id already taken) on the third of five forks answered "nothing was
+    # written", yet the first two were in the log, their ids never told to the client.
+    sessions = Sessions(counter_env, store)
+    parent = await sessions.seed(row())
+    taken = await sessions.seed(row())
+    ids = iter(["fork-1", "fork-2", taken, "fork-4", "fork-5"])
+    monkeypatch.setattr(sessions_module, "_new_session_id", lambda: next(ids))
+    with pytest.raises(Conflict):
+        await sessions.fork(parent, count=5)
+    assert sorted(info.id for info in await store.sessions()) == sorted([parent, taken])
+    assert sessions.live == 2
+    monkeypatch.setattr(sessions_module, "_new_session_id", iter(["fork-6", "fork-7"]).__next__)
+    assert await sessions.fork(parent, count=2) == ["fork-6", "fork-7"]  # and forking still works
