@@ -235,7 +235,8 @@ class Sessions:
                 if snapshot is not None:  # it did not fit the log: fold all of it
                     events = await self.store.read(session)
                 folded = fold(self.env, events)
-            self._remember(session, folded)
+            if not folded.closed:  # a closed one is only read (a 409, its state): it takes no live slot
+                self._remember(session, folded)
         else:
             self._cache.move_to_end(session)
         folded.used = self._clock()

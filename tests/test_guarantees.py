@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from environments.counter import env as counter_env
 from eventsourced_env import Sessions, SqliteStore
 from eventsourced_env.cli import main
-from eventsourced_env.errors import ConfigError, Conflict, SessionLimit, TooManySessions
+from eventsourced_env.errors import ConfigError, Conflict, SessionClosed, SessionLimit, TooManySessions
 from eventsourced_env.replay import check_log
 from eventsourced_env.server import HEADER, IDEMPOTENCY_HEADER, SESSIONS, check_exposure, create_app
 from tests.conftest import ClientFactory, row
@@ -206,6 +206,21 @@ async def test_a_retried_seed_of_a_live_session_is_answered_at_the_cap(store: Sq
     with pytest.raises(TooManySessions):
         await sessions.seed(row())
     assert sessions.live == 1
+
+
+async def test_a_closed_session_called_again_takes_no_live_slot(store: SqliteStore) -> None:
+    # A late call on a closed session (409) rebuilt it into memory, where it stayed: the live
+    # sessions' cap filled with sessions nobody can use, and new rollouts got 503s.
+    sessions = Sessions(counter_env, store, max_live=2)
+    done = await sessions.seed(row())
+    await sessions.close(done)
+    await sessions.seed(row())
+    for _ in range(3):
+        with pytest.raises(SessionClosed):
+            await sessions.call(done, "get_counter_value", {})
+    assert (await sessions.state_at(done))[1] == {"count": 0}
+    assert sessions.live == 1
+    await sessions.seed(row())  # room for it
 
 
 async def test_caps_over_http(aiohttp_client: ClientFactory, db_path: Path) -> None:
