@@ -402,6 +402,9 @@ class Sessions:
         async with self._lock(session):
             folded = await self._load(session)
             if key is not None and key in folded.keys:
+                # A retry: its first answer may have been a 503 (committed, fsync not known done),
+                # so it is answered only once the log is on the disk.
+                await self.store.sync()
                 return self._recorded(folded, key, tool_name, raw)
             if folded.closed:
                 raise SessionClosed(f"session {session!r} is closed; seed a new one")

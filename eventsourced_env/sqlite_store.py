@@ -303,6 +303,11 @@ class SqliteStore(Store):
         """Append to several sessions in one transaction: all of them are written, or none."""
         await self._enqueue(logs)
 
+    async def sync(self) -> None:
+        """Return once everything committed so far is on the disk: an empty append, answered after
+        the fsync that follows it (with --sync FULL; at NORMAL, once committed)."""
+        await self._enqueue(())
+
     def _enqueue(self, logs: Sequence[tuple[str, Sequence[Event]]]) -> asyncio.Future[None]:
         """Add `logs` to this turn's batch; the future is done once the batch is committed."""
         if self._closed or self._gone is not None:
@@ -359,7 +364,7 @@ class SqliteStore(Store):
                     self._write(self._writer, [item])
                     outcomes.append(None)
                 except Exception as e:
-                    outcomes.append(_translate(e, item[0][0][0]))
+                    outcomes.append(_translate(e, item[0][0][0] if item[0] else ""))  # () is a sync
         if self._syncs and None in outcomes:
             try:
                 self._request_sync()

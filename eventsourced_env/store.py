@@ -57,6 +57,10 @@ class Store(ABC):
             await self.append(session, events)
 
     @abstractmethod
+    async def sync(self) -> None:
+        """Return once everything committed so far is durable (what a retried call waits for)."""
+
+    @abstractmethod
     async def read(self, session: str, upto: int | None = None) -> list[Event]:
         """The session's events in seq order (up to and including seq `upto`); empty if unknown."""
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ from eventsourced_env import (
     TaskInvalid,
     ToolNotFound,
     fold,
+    sqlite_store,
 )
 from eventsourced_env.events import Event, first_broken_link
 from tests.conftest import row
@@ -218,3 +221,35 @@ async def test_state_at_any_seq(store: SqliteStore, counter: Environment[Any, An
     assert await sessions.state_at(sid) == (4, {"count": 6})
     with pytest.raises(EventNotFound, match="has 4 events"):
         await sessions.state_at(sid, 9)
+
+
+async def test_a_retry_of_a_call_not_known_durable_waits_for_an_fsync(
+    db_path: Any, counter: Environment[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The syncer died with the call committed but not fsynced (a 503: "retry with the same
+    # Idempotency-Key"). The retry found the key in the log and answered 200 at once, with no fsync
+    # since: acknowledged, not durable. Now it is answered only after an fsync.
+    store = SqliteStore(db_path)
+    sessions = Sessions(counter, store)
+    try:
+        sid = await sessions.seed(row(initial=0))
+        assert store._syncer is not None
+        pid = store._syncer.pid
+        os.kill(pid, signal.SIGSTOP)
+        call = asyncio.ensure_future(sessions.call(sid, "increment_counter", {"count": 1}, key="k"))
+        await asyncio.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(StoreUnavailable, match="may or may not be recorded"):
+            await asyncio.wait_for(call, 5)
+        slow = (  # a syncer whose every fsync takes half a second
+            "import os, time\nwhile n := len(os.read(0, 65536)):\n"
+            "    time.sleep(0.5)\n    os.write(1, b'.' * n)\n"
+        )
+        monkeypatch.setattr(sqlite_store, "_SYNCER", slow)
+        retry = asyncio.ensure_future(sessions.call(sid, "increment_counter", {"count": 1}, key="k"))
+        await asyncio.sleep(0.25)
+        assert not retry.done()  # waiting for the fsync
+        assert await asyncio.wait_for(retry, 5) == {"success": True}
+        assert [e.seq for e in await store.read(sid)] == [1, 2]  # applied once
+    finally:
+        await store.close()
