@@ -330,7 +330,9 @@ class _SqliteWriter:
             self._pending = 0
 
     def close(self) -> None:
-        self._conn.execute("COMMIT")
+        # None is open if an interrupt landed between a batch's COMMIT and the next BEGIN.
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
         self._conn.close()
 
 

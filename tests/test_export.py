@@ -332,6 +332,45 @@ def test_a_missing_pyarrow_is_a_clear_error(
     assert not (tmp_path / "out").exists()
 
 
+def test_ctrl_c_just_after_a_sqlite_batch_commits_exits_130_and_leaves_no_file(
+    fixed: tuple[Path, dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Ctrl-C (or SIGTERM) that lands as a batch's COMMIT returns, before the next BEGIN, left no
+    transaction open: closing the writer then failed ("cannot commit - no transaction is active"),
+    a traceback and exit 1 in place of "Aborted!" and 130."""
+    import eventsourced_env.export as export_module
+
+    db, _ = fixed
+
+    class Interrupted:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn = conn
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            cursor = self._conn.execute(sql, *args)
+            if sql == "COMMIT" and self._conn.total_changes:  # a batch went in: the signal lands now
+                raise KeyboardInterrupt
+            return cursor
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+    class Writer(export_module._SqliteWriter):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self._conn = Interrupted(self._conn)  # type: ignore[assignment]
+
+    monkeypatch.setattr(export_module, "_BATCH", 1)
+    monkeypatch.setattr(export_module, "_SqliteWriter", Writer)
+    out = tmp_path / "copy.db"
+    assert main(["export", "--db", str(db), "--format", "sqlite", "--out", str(out)]) == 130
+    assert "Aborted!" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("log.db")) == []
+
+
 class _Paced:
     """A progress sink that, after each session read, waits until the writer has appended again."""
 
