@@ -58,7 +58,11 @@ def _distribution(rewards: Sequence[float]) -> list[dict[str, float]]:
     width = (high - low) / _BINS
     bins = [0] * _BINS
     for r in rewards:
-        bins[min(int((r - low) / width), _BINS - 1)] += 1
+        # A reward on an edge (0.3 of 0 to 1) goes in the bin it starts, though 0.3 / 0.1 < 3.
+        place = (r - low) / width
+        nearest = round(place)
+        index = nearest if math.isclose(place, nearest, abs_tol=1e-9) else math.floor(place)
+        bins[min(index, _BINS - 1)] += 1
     return [{"low": low + i * width, "high": low + (i + 1) * width, "count": n} for i, n in enumerate(bins)]
 
 

@@ -65,6 +65,14 @@ def test_a_wide_spread_of_rewards_is_binned() -> None:
     assert bins[0]["low"] == 0.0 and bins[-1]["high"] == pytest.approx(1.0)
 
 
+def test_a_reward_on_a_bin_edge_goes_in_the_bin_that_starts_there() -> None:
+    # 0.3 / 0.1 is 2.9999999999999996 in floating point: 0.3 was counted in "0.2 to 0.3", 0.6 and
+    # 0.7 one bin low too, leaving "0.3 to 0.4" and "0.7 to 0.8" empty.
+    assert [b["count"] for b in _distribution([i / 10 for i in range(11)])] == [1] * 9 + [2]
+    assert [b["count"] for b in _distribution([i / 20 for i in range(21)])] == [2] * 9 + [3]
+    assert [b["count"] for b in _distribution([-1 + i / 5 for i in range(11)])] == [1] * 9 + [2]
+
+
 def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.95) == pytest.approx(3.85)
