@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import os
 import sqlite3
 import time
@@ -435,6 +436,8 @@ def export(
     told of each session read.
     """
     filters = filters or Filters()
+    if fmt == "nemo-rollouts":  # a line per verified session: count only those, as written
+        filters = dataclasses.replace(filters, verified_only=True)
     files = output_paths(fmt, out, force=force, db=db)
     started = time.perf_counter()
     sessions = events = 0

@@ -211,6 +211,20 @@ def test_nemo_rollouts_are_the_row_response_and_reward(
     assert {k: v for k, v in metrics.items() if k.startswith("pass@")} == by_k
 
 
+def test_a_nemo_rollouts_export_counts_the_rollouts_it_wrote(
+    fixed: tuple[Path, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "exported 6 session(s), 20 event(s)" for 5 lines: the unverified session was counted.
+    db, _ = fixed
+    out = tmp_path / "rollouts.jsonl"
+    assert main(["export", "--db", str(db), "--format", "nemo-rollouts", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 5
+    assert "exported 5 session(s), 18 event(s) as nemo-rollouts" in capsys.readouterr().err
+    result = export(db, "nemo-rollouts", tmp_path / "open.jsonl", Filters(status="open"))
+    assert (result.sessions, result.events) == (0, 0)
+    assert (tmp_path / "open.jsonl").read_text() == ""
+
+
 def test_reward_components_go_with_the_rollout(db_path: Path, tmp_path: Path) -> None:
     env: Environment[Any, Any] = Environment("parts", version="1", task=Task)
     env.initial(lambda task, ctx: State())
