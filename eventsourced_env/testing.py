@@ -109,4 +109,9 @@ def check_replay(env: Environment[Any, Any], path: str | Path, snapshot: Any) ->
     assert divergence is None, divergence.describe()
     first, second = fold(env, events), fold(env, events)
     assert first.state == second.state, "two folds of the same log differ: a tool is not deterministic"
-    assert snapshot.use_extension(JSONSnapshotExtension) == replay_outcome(env, events)
+    expected = snapshot.use_extension(JSONSnapshotExtension)
+    if not expected == replay_outcome(env, events):
+        # pytest rewrites no assert in this module, so syrupy's diff is not shown unless asked for.
+        raise AssertionError(
+            "\n".join(["the replay differs from its snapshot:", *expected.get_assert_diff()])
+        )

@@ -105,6 +105,29 @@ def test_snapshots_fail_when_the_verifier_output_changes(
     result.assert_outcomes(passed=0 if changed else 1, failed=1 if changed else 0)
 
 
+def test_a_failing_snapshot_shows_what_changed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # check_replay's assert is in the library, which pytest does not rewrite: the failure was a bare
+    # "AssertionError", with nothing of the snapshot's diff.
+    monkeypatch.setenv("PYTHONPATH", str(REPLAYS.parent))
+    source = REPLAYS / "counter" / "success.jsonl"
+    pytester.makepyfile(test_golden=GOLDEN_TEST.format(env="half_counter", path=str(source)))
+    ours = pytester.path / "__snapshots__" / "test_golden" / "test_golden.json"
+    ours.parent.mkdir(parents=True)
+    theirs = (
+        Path(__file__).parent
+        / "__snapshots__"
+        / "test_golden_replays"
+        / "test_golden_replay[counter-success].json"
+    )
+    ours.write_text(theirs.read_text())
+    monkeypatch.setenv("NO_COLOR", "1")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines([r".*- .*\"reward\": 1\.0.*", r".*\+ .*\"reward\": 0\.5.*"])
+
+
 def test_qa_judge_replays_hold_recorded_judgments() -> None:
     cases = {p.stem: load_replay(p)[-1].data for p in replay_files(REPLAYS / "qa_judge")}
     assert set(cases) >= {"judged_correct", "judged_incorrect", "judge_failed", "rules_without_judge"}
