@@ -360,8 +360,9 @@ def reverify_logs(
             reason = f"{e.detail}; re-ask with --rejudge"
             report.errors.append(Divergence(session, seq, reason, None, e.recorded, e.replayed))
             continue
-        except Exception as e:
-            report.errors.append(Divergence(session, 1, f"cannot re-verify: {type(e).__name__}: {e}"))
+        except Exception as e:  # the verification at that seq cannot be redone
+            seq = next(ev.seq for ev in reversed(events) if ev.kind == VERIFIED)
+            report.errors.append(Divergence(session, seq, f"cannot re-verify: {type(e).__name__}: {e}"))
             continue
         if result is not None and performers is not None and result.new_failure is not None:
             # A judge that is down now says nothing about the verifier: an error, not a lower reward.

@@ -244,6 +244,33 @@ def test_reverify_says_when_it_cannot_score_a_verified_session(
     assert main(["reverify", "--db", str(db_path), "--env", "tests.envs_for_tests:clock_env"]) == 0
 
 
+def _crash_on_big(state: Any, task: Any, response: Any) -> float:
+    if state.count > 2:
+        raise ValueError("no verdict for big counts")
+    return 1.0
+
+
+#: The counter with a verifier that crashes on some states.
+crashing_counter = counter_env.with_verifier(_crash_on_big, version="3")
+
+
+def test_a_verifier_that_crashes_on_reverify_is_named_at_the_verified_event(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was reported "at seq 1" (the seeded event) whatever seq the verification was at.
+    _, big = record(
+        db_path,
+        counter_env,
+        [[("increment_counter", {"count": 1})], [("increment_counter", {"count": 3})] * 2],
+    )
+    assert main(["reverify", "--db", str(db_path), "--env", "tests.test_replay:crashing_counter"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"session {big}: cannot re-verify: ValueError: no verdict for big counts at seq 4\n"
+    )
+    assert "1 verified session(s)" in captured.out  # the other is still scored
+
+
 def test_replay_logs_yields_each_session_with_its_outcome_as_it_reads_it(db_path: Path) -> None:
     ids = record(db_path, counter_env, COUNTER_SCRIPT)
     read: list[str] = []
