@@ -168,7 +168,9 @@ def format_stats(report: dict[str, Any]) -> str:
         if env["tools"]:
             lines.append(f"  {'tool':<28} {'calls':>8} {'rejected':>9} {'rate':>7}")
             lines.extend(
-                f"  {tool:<28} {t['calls']:>8} {t['rejected']:>9} {t['rejection_rate']:>7.1%}"
+                # A made-up tool's name is what the client posted to: a newline would split its row.
+                f"  {tool if tool.isprintable() else repr(tool):<28} {t['calls']:>8} {t['rejected']:>9} "
+                f"{t['rejection_rate']:>7.1%}"
                 for tool, t in env["tools"].items()
             )
         lines.append(_line("events/session", env["events_per_session"], ("mean", "p50", "p95"), ".4g"))

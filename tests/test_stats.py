@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from eventsourced_env.cli import main
-from eventsourced_env.stats import _distribution, percentile, stats
+from eventsourced_env.stats import _distribution, format_stats, percentile, stats
 from tests.logs import build_fixed_log
 
 
@@ -91,6 +91,15 @@ def test_stats_command_prints_a_table_or_json(fixed: Path, capsys: pytest.Captur
     assert "nonesuch" in table and "100.0%" in table
     assert "events/session  mean 3.333  p50 3  p95 4.75" in table
     assert "(8 calls)" in table
+
+
+def test_a_tool_name_that_is_not_printable_is_escaped_in_the_table(fixed: Path) -> None:
+    # The name of an unknown tool is the URL path a model posted to: a newline in it split its row in two.
+    report = stats(fixed)
+    report["envs"]["counter"]["tools"]["a\nb\x00"] = {"calls": 1, "rejected": 1, "rejection_rate": 1.0}
+    table = format_stats(report)
+    assert "  'a\\nb\\x00'" in table
+    assert not any(line.startswith("b") for line in table.splitlines())
 
 
 def test_stats_without_a_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
