@@ -70,3 +70,30 @@ def _always_half(state: CounterState, task: CounterTask, response: Any) -> float
 lenient_counter = counter_env.with_verifier(_within_one, version="2")
 #: The counter with a broken verifier, same version: its golden-replay snapshots must fail.
 half_counter = counter_env.with_verifier(_always_half)
+
+
+class Tags(State):
+    """A set of words: a set's JSON lists them in its iteration order, which hash seeds change."""
+
+    words: frozenset[str] = frozenset()
+
+
+class Word(Args):
+    """Arguments of `tag`."""
+
+    word: str
+
+
+#: Keeps a set in its state, and answers with it sorted: deterministic whatever the hash seed.
+tags_env: Environment[Task, Tags] = Environment("tags", version="1", task=Task)
+tags_env.initial(lambda task, ctx: Tags())
+
+
+@tags_env.tool
+def tag(state: Tags, args: Word, ctx: Context) -> tuple[Tags, Any]:
+    """Add a word to the set."""
+    words = state.words | {args.word}
+    return Tags(words=words), {"words": sorted(words)}
+
+
+tags_env.verifier(lambda state, task, response: float(len(state.words)))
