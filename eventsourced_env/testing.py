@@ -95,9 +95,24 @@ def replay_outcome(env: Environment[Any, Any], events: list[Event]) -> dict[str,
     return {
         "env": env.name,
         "observations": observations,
-        "final_state": folded.state.model_dump(mode="json"),
+        "final_state": _sets_sorted(folded.state.model_dump(), folded.state.model_dump(mode="json")),
         "verify": verify,
     }
+
+
+def _sets_sorted(python: Any, dumped: Any) -> Any:
+    """`dumped` (a value's JSON dump) with every list that `python` (its Python dump) holds as a set
+    sorted: a set lists in an order the process's hash seed picks, which would change the snapshot."""
+    if isinstance(python, set | frozenset) and isinstance(dumped, list):
+        try:
+            return sorted(dumped)
+        except TypeError:  # mixed types, or objects: sorted by their JSON
+            return sorted(dumped, key=lambda item: orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+    if isinstance(python, dict) and isinstance(dumped, dict) and len(python) == len(dumped):
+        return {key: _sets_sorted(p, d) for p, (key, d) in zip(python.values(), dumped.items(), strict=True)}
+    if isinstance(python, list | tuple) and isinstance(dumped, list) and len(python) == len(dumped):
+        return [_sets_sorted(p, d) for p, d in zip(python, dumped, strict=True)]
+    return dumped
 
 
 def check_replay(env: Environment[Any, Any], path: str | Path, snapshot: Any) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from eventsourced_env import load_environment
-from eventsourced_env.testing import check_replay, load_replay, replay_files, write_replay
+from eventsourced_env import Sessions, SqliteStore, load_environment
+from eventsourced_env.cli import main
+from eventsourced_env.testing import check_replay, load_replay, replay_files, replay_outcome, write_replay
+from tests.envs_for_tests import tags_env
 
 REPLAYS = Path(__file__).resolve().parent.parent / "replays"
 CASES = [
@@ -71,6 +74,28 @@ def test_replay_files_round_trip(tmp_path: Path) -> None:
     write_replay(tmp_path / "copy.jsonl", events)
     assert (tmp_path / "copy.jsonl").read_bytes() == (REPLAYS / "counter" / "fork.jsonl").read_bytes()
     assert [e.kind for e in events][-3:] == ["forked", "tool_called", "verified"]
+
+
+def test_a_set_in_the_final_state_is_snapshotted_sorted(tmp_path: Path) -> None:
+    """A set's JSON lists it in an order the process's hash seed picks: the golden snapshot of the
+    final state lists it sorted, or the same replay would fail in the next process."""
+    words = ["kilo", "alpha", "echo", "zulu", "bravo", "mike", "delta", "oscar"]
+
+    async def go() -> str:
+        store = SqliteStore(tmp_path / "log.db")
+        sessions = Sessions(tags_env, store)
+        sid = await sessions.seed({})
+        for word in words:
+            await sessions.call(sid, "tag", {"word": word})
+        await store.close()
+        return sid
+
+    sid = asyncio.run(go())
+    assert (
+        main(["save-replay", sid, "--db", str(tmp_path / "log.db"), "--out", str(tmp_path / "t.jsonl")]) == 0
+    )
+    outcome = replay_outcome(tags_env, load_replay(tmp_path / "t.jsonl"))
+    assert outcome["final_state"] == {"words": sorted(words)}
 
 
 GOLDEN_TEST = """
