@@ -535,7 +535,8 @@ class Sessions:
         The row (the body less `response`) seeds a throw-away session (never stored; its seed is
         the row's `session_seed`, else 0); each `function_call` in `response.output` is applied in
         order and its replayed output compared with the recorded `function_call_output` (as JSON
-        where both are JSON); a call whose arguments are not JSON is skipped and takes no seq.
+        where both are JSON); a call whose arguments are not JSON is skipped and takes no seq, as
+        does one the server answered with an error it did not record (a tool that crashed).
         Returns the verifier's result and a report of the replay; a replay that diverges scores 0
         with a `replay` failure (the replayed state's own reward in the report). Effects
         (a judge) are performed live: nothing of this session is recorded. Blocks on effects: run it
@@ -565,6 +566,7 @@ class Sessions:
                 state, replayed = result.state, result.reply
             except EnvError as e:  # the error body the server sent (a crash's 500 included)
                 replayed = e.to_json()
+                seq -= 1  # nothing was recorded for it, so it took no seq live
             if divergence is None and recorded is not None and not _same_output(recorded, replayed):
                 divergence = {"call_id": call_id, "tool": name, "recorded": recorded, "replayed": replayed}
         verified = self._score(state, task, response, Context(seed, seq + 1, at, self._live_effects()))

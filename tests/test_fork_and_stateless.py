@@ -10,13 +10,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from environments.counter import env as counter_env
-from eventsourced_env import Conflict, Sessions, SqliteStore
+from eventsourced_env import Conflict, Context, Sessions, SqliteStore, ToolFailed
 from eventsourced_env import sessions as sessions_module
 from eventsourced_env.conformance import trajectory_response
 from eventsourced_env.replay import check_log
 from eventsourced_env.server import COOKIE, HEADER, SESSIONS
 from tests.conftest import row
-from tests.test_conformance import dice
+from tests.test_conformance import Draw, Draws, dice
 from tests.test_server import Agent
 
 
@@ -112,6 +112,37 @@ async def test_stateless_seqs_skip_the_calls_the_server_never_saw(db_path: Path)
         unparsable = {**response["output"][0], "call_id": "call_x", "arguments": "{not json"}
         response["output"].insert(0, unparsable)
         result, report = sessions.verify_stateless({**seeded, "response": response})
+        assert report["clean"] is True, report
+        assert result.reward == 1.0 and result.failure is None
+    finally:
+        await store.close()
+
+
+def crash(state: Draws, args: Draw, ctx: Context) -> tuple[Draws, Any]:
+    """A tool with a bug: it always raises."""
+    raise RuntimeError("boom")
+
+
+async def test_stateless_seqs_skip_the_calls_that_crashed(db_path: Path) -> None:
+    # A call whose tool crashed got a 500 and was not recorded, so it took no seq live (the agent
+    # hands the 500's body to the model and goes on): the replay must not give it one either.
+    env = dice()
+    env.tool(crash)
+    store = SqliteStore(db_path)
+    try:
+        sessions = Sessions(env, store)
+        seeded = {"session_seed": 7}
+        sid = await sessions.seed(seeded)
+        first = await sessions.call(sid, "draw", {"times": 2})
+        with pytest.raises(ToolFailed) as failed:
+            await sessions.call(sid, "crash", {})
+        second = await sessions.call(sid, "draw", {"times": 2})
+        seen = [
+            ("draw", {"times": 2}, first),
+            ("crash", {}, failed.value.to_json()),
+            ("draw", {"times": 2}, second),
+        ]
+        result, report = sessions.verify_stateless({**seeded, "response": trajectory_response(seen)})
         assert report["clean"] is True, report
         assert result.reward == 1.0 and result.failure is None
     finally:
