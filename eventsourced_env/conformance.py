@@ -126,7 +126,11 @@ def run_oracle(
                         "dict inside it?); a State is immutable: return a new one (model_copy(update=…))"
                     )
                 seen = _plain_json(observation, seq)
-                data = {"tool": name, "args": parsed.model_dump(mode="json"), "observation": observation}
+                data = {
+                    "tool": name,
+                    "args": parsed.model_dump(mode="json", by_alias=True),
+                    "observation": observation,
+                }
                 event = make_event(prev, seq, TOOL_CALLED, float(seq), data)
             run.events.append(event)
             run.states.append(state)

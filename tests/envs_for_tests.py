@@ -6,6 +6,8 @@ import random
 import time
 from typing import Any
 
+from pydantic import Field
+
 from environments.counter import CounterState, CounterTask
 from environments.counter import env as counter_env
 from eventsourced_env import Args, Context, Environment, State, Task
@@ -97,3 +99,24 @@ def tag(state: Tags, args: Word, ctx: Context) -> tuple[Tags, Any]:
 
 
 tags_env.verifier(lambda state, task, response: float(len(state.words)))
+
+
+class Send(Args):
+    """Arguments of `send`: `from` is a Python keyword, so its field has an alias."""
+
+    sender: str = Field(alias="from")
+    to: str
+
+
+#: A tool whose arguments have an alias: the model sends `from`, which the log must record.
+mail_env: Environment[Task, Tags] = Environment("mail", version="1", task=Task)
+mail_env.initial(lambda task, ctx: Tags())
+
+
+@mail_env.tool
+def send(state: Tags, args: Send, ctx: Context) -> tuple[Tags, Any]:
+    """Send a mail."""
+    return Tags(words=state.words | {f"{args.sender}->{args.to}"}), {"sent": True}
+
+
+mail_env.verifier(lambda state, task, response: float(len(state.words)))

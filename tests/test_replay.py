@@ -16,7 +16,7 @@ from eventsourced_env.events import Event
 from eventsourced_env.replay import check_log, replay_logs
 from eventsourced_env.snapshot import Filters, Snapshot
 from tests.conftest import row
-from tests.envs_for_tests import clock_env
+from tests.envs_for_tests import clock_env, mail_env
 
 
 async def _record(db: Path, env: Environment[Any, Any], script: list[list[tuple[str, Any]]]) -> list[str]:
@@ -122,6 +122,23 @@ def test_a_rejected_call_that_is_now_accepted_diverges(db_path: Path) -> None:
         "a rejected call is now accepted",
         "add",
     )
+
+
+def test_arguments_with_an_alias_are_recorded_as_the_model_sent_them(db_path: Path) -> None:
+    # `from` is a Python keyword: its field is `sender`, with the alias `from` (what the schema
+    # publishes and the model sends). Recorded under the field's name, the call would be refused on replay.
+    async def go() -> list[Event]:
+        store = SqliteStore(db_path)
+        sessions = Sessions(mail_env, store)
+        sid = await sessions.seed({})
+        assert await sessions.call(sid, "send", {"from": "ann", "to": "bob"}) == {"sent": True}
+        events = await store.read(sid)
+        await store.close()
+        return events
+
+    events = asyncio.run(go())
+    assert events[1].data["args"] == {"from": "ann", "to": "bob"}
+    assert check_log(mail_env, "s", events) is None
 
 
 def test_unknown_environment_and_session_are_reported(
