@@ -36,6 +36,7 @@ from .errors import (
     BadRequest,
     Conflict,
     EnvError,
+    EnvironmentDefinitionError,
     EventNotFound,
     InvalidRequest,
     SessionClosed,
@@ -230,11 +231,17 @@ class Sessions:
             events, snapshot = await self.store.read_for_rebuild(session)
             if not events:
                 raise SessionNotFound(f"unknown session {session!r}: " + _NO_SESSION)
-            folded = resume(self.env, events, snapshot) if snapshot is not None else None
-            if folded is None:
-                if snapshot is not None:  # it did not fit the log: fold all of it
-                    events = await self.store.read(session)
-                folded = fold(self.env, events)
+            try:
+                folded = resume(self.env, events, snapshot) if snapshot is not None else None
+                if folded is None:
+                    if snapshot is not None:  # it did not fit the log: fold all of it
+                        events = await self.store.read(session)
+                    folded = fold(self.env, events)
+            except ArgumentsInvalid as e:  # the environment changed since: not the new call's fault
+                raise EnvironmentDefinitionError(
+                    f"session {session!r} cannot be rebuilt by {self.env.name!r}: a call its log records "
+                    f"is refused now ({e.detail}); `esenv replay` names the event"
+                ) from e
             if not folded.closed:  # a closed one is only read (a 409, its state): it takes no live slot
                 self._remember(session, folded)
         else:

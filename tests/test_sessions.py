@@ -12,6 +12,7 @@ from eventsourced_env import (
     ArgumentsInvalid,
     Conflict,
     Environment,
+    EnvironmentDefinitionError,
     EventNotFound,
     SessionClosed,
     SessionNotFound,
@@ -25,6 +26,7 @@ from eventsourced_env import (
 )
 from eventsourced_env.events import Event, first_broken_link
 from tests.conftest import row
+from tests.envs_for_tests import lenient_env, seeded_env
 
 
 class FlakyStore(SqliteStore):
@@ -136,6 +138,17 @@ async def test_evicted_and_restarted_sessions_rebuild_from_the_log(
         assert await sessions.call(sid, "get_counter_value", {}) == {"count": 11 * i}
     restarted = Sessions(counter, store)
     assert await restarted.call(ids[3], "get_counter_value", {}) == {"count": 33}
+
+
+async def test_a_log_the_environment_now_refuses_is_not_blamed_on_the_call(store: SqliteStore) -> None:
+    # Recorded by an environment that accepted {"amount": "x"}, served now by one that refuses it:
+    # the session cannot be rebuilt. That is the server's problem, not the new call's arguments.
+    sid = await Sessions(lenient_env, store).seed({})
+    await Sessions(lenient_env, store).call(sid, "add", {"amount": "x"})
+    with pytest.raises(EnvironmentDefinitionError) as caught:
+        await Sessions(seeded_env, store).call(sid, "add", {"amount": 1})
+    assert caught.value.detail.startswith(f"session {sid!r} cannot be rebuilt by 'tally': a call its log")
+    assert len(await store.read(sid)) == 2  # nothing recorded
 
 
 async def test_rejected_calls_are_recorded_and_change_nothing(
