@@ -430,7 +430,10 @@ class Environment(Generic[T, S]):
     def start(self, task: T, ctx: Context) -> S:
         """The initial state of a session for `task`."""
         assert self._initial is not None, "check() first"
-        return self._initial(task, ctx)
+        state = self._initial(task, ctx)
+        if not isinstance(state, State):  # caught here, not by the tools and verifier it would break
+            raise TypeError(f"it must return a State, not {_shape(state)}")
+        return state
 
     def run_tool(self, tool: Tool, state: S, args: BaseModel, ctx: Context) -> tuple[S, Any]:
         """Apply one tool call: the new state and the JSON observation.

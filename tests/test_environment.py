@@ -108,6 +108,14 @@ def test_a_verifier_returning_anything_but_a_number_or_verify_result_breaks_its_
         env.run_verifier(Bag(), Task(), None)
 
 
+def test_an_initial_state_that_is_not_a_state_breaks_its_contract() -> None:
+    # Seeded, a dict would have failed later, in the tools and the verifier, with errors that blame them.
+    env = make_env()
+    env.initial(lambda task, ctx: {"items": []})
+    with pytest.raises(TypeError, match="must return a State, not a dict"):
+        env.start(Task(), Context(0, 1, 0.0))
+
+
 def test_verifier_version_names_env_version_and_code() -> None:
     env = make_env()
     assert env.verifier_version.startswith("3+")
