@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar, get_type_hints
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from .errors import (
     ArgumentsInvalid,
@@ -477,4 +478,8 @@ class Environment(Generic[T, S]):
         bad = {name: value for name, value in scores.items() if not math.isfinite(value)}
         if bad:
             raise ValueError(f"the verifier's scores must be finite numbers: {bad}")
+        try:  # as the verified event will record it
+            result.model_dump(mode="json")
+        except PydanticSerializationError as e:
+            raise TypeError(f"its details must be JSON: {e}") from e
         return result

@@ -108,6 +108,16 @@ def test_a_verifier_returning_anything_but_a_number_or_verify_result_breaks_its_
         env.run_verifier(Bag(), Task(), None)
 
 
+def test_a_verifier_whose_details_are_not_json_breaks_its_contract() -> None:
+    # Caught here, as a TypeError the server reports as the verifier's bug (500 tool_failed), not
+    # when the verified event is written (an "unexpected server error").
+    env = make_env().with_verifier(
+        lambda state, task, response: VerifyResult(reward=1, details={"o": object()})
+    )
+    with pytest.raises(TypeError, match="its details must be JSON"):
+        env.run_verifier(Bag(), Task(), None)
+
+
 def test_an_initial_state_that_is_not_a_state_breaks_its_contract() -> None:
     # Seeded, a dict would have failed later, in the tools and the verifier, with errors that blame them.
     env = make_env()
