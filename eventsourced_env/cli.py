@@ -242,20 +242,24 @@ def serve_command(
         sys.stdout.flush()
 
     async def run() -> None:
-        app = create_app(
-            environment,
-            store,
-            max_body=max_body,
-            cache_size=cache_size,
-            token=token,
-            idle_ttl=idle_ttl,
-            max_events=max_events,
-            max_live=max_live,
-            snapshot_every=snapshot_every or None,
-            performers=performers,
-            # Enough threads for every judge call allowed in flight (more only wait on its slots).
-            effect_threads=max(EFFECT_THREADS, judge.config.max_concurrency if judge is not None else 0),
-        )
+        try:
+            app = create_app(
+                environment,
+                store,
+                max_body=max_body,
+                cache_size=cache_size,
+                token=token,
+                idle_ttl=idle_ttl,
+                max_events=max_events,
+                max_live=max_live,
+                snapshot_every=snapshot_every or None,
+                performers=performers,
+                # Enough threads for every judge call allowed in flight (more only wait on its slots).
+                effect_threads=max(EFFECT_THREADS, judge.config.max_concurrency if judge is not None else 0),
+            )
+        except BaseException:  # the app owns the store once made; until then, it is closed here
+            await store.close()
+            raise
         await serve(app, host=host, port=port, announce=announce)
 
     try:

@@ -185,9 +185,18 @@ def test_serving_an_incomplete_environment_leaves_no_log(
     def refused(*args: object, **kwargs: object) -> None:
         raise ConfigError("refused")
 
+    closed: list[SqliteStore] = []
+
+    class Store(SqliteStore):
+        async def close(self) -> None:
+            closed.append(self)
+            await super().close()
+
     monkeypatch.setattr(eventsourced_env.cli, "create_app", refused)
+    monkeypatch.setattr(eventsourced_env.cli, "SqliteStore", Store)
     assert main(["serve", "counter", "--db", str(db), "--port", "0"]) == 2
     assert not list(tmp_path.glob("l.db*"))
+    assert len(closed) == 1  # its connections too (Python 3.13 warns of an unclosed one)
 
 
 def test_an_output_path_the_system_refuses_is_an_error_not_a_traceback(
