@@ -5,6 +5,7 @@ No timings are asserted here: speed targets live in `python -m tools.bench`, not
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import sqlite3
@@ -64,7 +65,7 @@ def test_the_prototype_plays_beside_them_and_logs_every_call_chained(
     assert "|     4 | proto/c" in out and "|     4 | ratio" in out
     # Durable before reply: every acknowledged call is in the log, each session's events chained.
     assert r.errors == [] and r.perfect == 6
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         rows = conn.execute("SELECT session, seq, hash, body FROM events ORDER BY session, seq").fetchall()
     assert len(rows) == r.calls == 6 * 5
     prev: dict[str, tuple[int, str]] = {}
@@ -142,7 +143,7 @@ def test_replay_costs_notices_a_divergence(tmp_path: Path) -> None:
 
     db = tmp_path / "log.db"
     bench.write_counter_log(db, 22, per_session=11)
-    with sqlite3.connect(db) as conn:  # an observation the counter would not give
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # an observation the counter would not give
         body = conn.execute("SELECT body FROM events WHERE seq = 5 LIMIT 1").fetchone()[0]
         conn.execute("UPDATE events SET body = ? WHERE body = ?", (body.replace(b"true", b"false"), body))
     with pytest.raises(RuntimeError, match="hash chain broken"):
@@ -158,7 +159,10 @@ def test_bare_replay_compares_observations(tmp_path: Path) -> None:
 
     db = tmp_path / "log.db"
     bench.write_counter_log(db, 22, per_session=11)
-    with sqlite3.connect(db) as conn:  # a session's last event rewritten, its stored hash with it
+    with (
+        contextlib.closing(sqlite3.connect(db)) as conn,
+        conn,
+    ):  # a session's last event rewritten, its stored hash with it
         row, body = conn.execute("SELECT id, body FROM events WHERE seq = 11 LIMIT 1").fetchone()
         body = body.replace(b"true", b"false")
         conn.execute(

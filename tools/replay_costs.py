@@ -52,32 +52,34 @@ def replay(db: Path, without: str | None = None) -> int:
     from environments.counter import env
 
     conn, ids = _open(db)
-    # What a left-out step would have made, made once: rows, events, a started session, arguments.
-    first_rows = conn.execute(_EVENTS, (ids[0],)).fetchall()
-    first_events = [decode_event(body, hash) for body, hash in first_rows]
-    started = start(env, first_events[0])
-    tool = env.tools["increment_counter"]
-    validated = tool.validate(first_events[1].data["args"])
-    n = 0
-    for session in ids:
-        rows = first_rows if without == "read" else conn.execute(_EVENTS, (session,)).fetchall()
-        events = first_events if without == "decode" else [decode_event(b, h) for b, h in rows]
-        if without != "chain" and first_broken_link(events) is not None:
-            raise RuntimeError(f"session {session}: hash chain broken")
-        folded = started if without == "start" else start(env, events[0])
-        state, seed = folded.state, folded.seed
-        for event in events[1:]:
-            args = validated if without == "validate" else tool.validate(event.data["args"])
-            if without == "tool":
-                observation = event.data["observation"]
-            else:
-                ctx = Context(seed, event.seq, event.at)
-                state, observation = env.run_tool(tool, state, args, ctx)
-            if observation != event.data["observation"]:
-                raise RuntimeError(f"session {session}: observation differs at seq {event.seq}")
-        n += len(events)
-    conn.close()
-    return n
+    try:
+        # What a left-out step would have made, made once: rows, events, a started session, arguments.
+        first_rows = conn.execute(_EVENTS, (ids[0],)).fetchall()
+        first_events = [decode_event(body, hash) for body, hash in first_rows]
+        started = start(env, first_events[0])
+        tool = env.tools["increment_counter"]
+        validated = tool.validate(first_events[1].data["args"])
+        n = 0
+        for session in ids:
+            rows = first_rows if without == "read" else conn.execute(_EVENTS, (session,)).fetchall()
+            events = first_events if without == "decode" else [decode_event(b, h) for b, h in rows]
+            if without != "chain" and first_broken_link(events) is not None:
+                raise RuntimeError(f"session {session}: hash chain broken")
+            folded = started if without == "start" else start(env, events[0])
+            state, seed = folded.state, folded.seed
+            for event in events[1:]:
+                args = validated if without == "validate" else tool.validate(event.data["args"])
+                if without == "tool":
+                    observation = event.data["observation"]
+                else:
+                    ctx = Context(seed, event.seq, event.at)
+                    state, observation = env.run_tool(tool, state, args, ctx)
+                if observation != event.data["observation"]:
+                    raise RuntimeError(f"session {session}: observation differs at seq {event.seq}")
+            n += len(events)
+        return n
+    finally:
+        conn.close()
 
 
 def bare(db: Path) -> int:
@@ -87,27 +89,29 @@ def bare(db: Path) -> int:
     from environments.counter import env
 
     conn, ids = _open(db)
-    tool = env.tools["increment_counter"]
-    validate, fn = tool.args_model.__pydantic_validator__.validate_python, tool.fn
-    n = 0
-    for session in ids:
-        prev, state, seed = "", None, 0
-        for body, digest in conn.execute(_EVENTS, (session,)):
-            event = orjson.loads(body)
-            if event["prev"] != prev or hashlib.sha256(body).hexdigest() != digest:
-                raise RuntimeError(f"session {session}: hash chain broken")
-            prev, data = digest, event["data"]
-            if event["kind"] == "seeded":
-                seed = data["seed"]
-                state = env.start(env.parse_task(data["row"]), Context(seed, 1, event["at"]))
-            else:
-                ctx = Context(seed, event["seq"], event["at"])
-                state, observation = fn(state, validate(data["args"]), ctx)
-                if observation != data["observation"]:
-                    raise RuntimeError(f"session {session}: observation differs at seq {event['seq']}")
-            n += 1
-    conn.close()
-    return n
+    try:
+        tool = env.tools["increment_counter"]
+        validate, fn = tool.args_model.__pydantic_validator__.validate_python, tool.fn
+        n = 0
+        for session in ids:
+            prev, state, seed = "", None, 0
+            for body, digest in conn.execute(_EVENTS, (session,)):
+                event = orjson.loads(body)
+                if event["prev"] != prev or hashlib.sha256(body).hexdigest() != digest:
+                    raise RuntimeError(f"session {session}: hash chain broken")
+                prev, data = digest, event["data"]
+                if event["kind"] == "seeded":
+                    seed = data["seed"]
+                    state = env.start(env.parse_task(data["row"]), Context(seed, 1, event["at"]))
+                else:
+                    ctx = Context(seed, event["seq"], event["at"])
+                    state, observation = fn(state, validate(data["args"]), ctx)
+                    if observation != data["observation"]:
+                        raise RuntimeError(f"session {session}: observation differs at seq {event['seq']}")
+                n += 1
+        return n
+    finally:
+        conn.close()
 
 
 def as_shipped(db: Path) -> int:
