@@ -159,6 +159,13 @@ _GONE = (
     "the event log's files were deleted or replaced under the server: nothing more can be recorded "
     "there; restart the server"
 )
+# After a failed fsync the system may already have dropped the pages it could not write, and a later
+# fsync then succeeds without them: a retry would be acknowledged on a log that lost the call. So a
+# failed fsync is final, like a deleted log, until a restart (PostgreSQL took the same lesson).
+_FSYNC_FAILED = (
+    "an fsync of the event log failed: the system may have dropped writes it had accepted, so nothing "
+    "more is recorded or acknowledged; restart the server (then `esenv replay` checks the log)"
+)
 
 
 def _decoded(session: str, rows: list[tuple[int, bytes, str]]) -> list[Event]:
@@ -250,7 +257,7 @@ class SqliteStore(Store):
         database = self._writer.execute("PRAGMA database_list").fetchone()[2]
         self._wal = database + "-wal"
         self._files: list[str] = []  # for the syncer: the WAL and the database, and who they are
-        #: Why nothing more can be written or read (the log's files were deleted), if so.
+        #: Why nothing more can be written or read (the log's files were deleted, an fsync failed), if so.
         self._gone: str | None = None
         if self._syncs:
             self._writer.execute("PRAGMA synchronous=NORMAL")  # the syncer makes each commit durable
@@ -408,11 +415,11 @@ class SqliteStore(Store):
             replies = b""
         if replies and b"!" not in replies and b"g" not in replies:
             self._finish_sync(None)
-        elif b"g" in replies:  # the log's files were deleted: nothing written from now on is kept
-            self._gone = _GONE
-            self._drop_syncer(OSError(_GONE))
-        else:  # gone, or its fsync failed (a file whose fsync failed is not trusted again)
-            self._drop_syncer(OSError("fsync failed" if replies else "the syncer stopped"))
+        elif replies:  # its files deleted, or its fsync failed: nothing written from now on is kept
+            self._gone = _GONE if b"g" in replies else _FSYNC_FAILED
+            self._drop_syncer(OSError(self._gone))
+        else:  # the syncer itself died: no fsync failed, a new one covers the pages written meanwhile
+            self._drop_syncer(OSError("the syncer stopped"))
 
     def _finish_sync(self, failure: Exception | None) -> None:
         """Answer the batch whose fsync ended (a 503 each if it failed); commit the next one."""
