@@ -291,17 +291,20 @@ def reverify_log(
     result = env.run_verifier(folded.state, folded.task, verified.data.get("response"), ctx)
     if effects is not None:
         effects.finish()
+    recorded, old_failure = verified.data["reward"], verified.data.get("failure")
+    if recorded is None:  # a log from before rewards had to be finite: NaN was written as null
+        old_failure = {"kind": "reward", "error": "the log records no reward (null)"}
     return Reverified(
         session,
         events[0].data["row"].get("_ng_task_index"),
-        float(verified.data["reward"]),
+        0.0 if recorded is None else float(recorded),
         result.reward,
         str(verified.data.get("verifier_version", "")),
         env.verifier_version,
         verified.data.get("details", {}).get("verdict"),
         result.details.get("verdict"),
         result.failure,
-        verified.data.get("failure"),
+        old_failure,
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 from environments.counter import env as counter_env
 from eventsourced_env import ArgumentsInvalid, Environment, Sessions, SqliteStore, ToolNotFound
 from eventsourced_env.cli import main
-from eventsourced_env.events import Event
+from eventsourced_env.events import Event, make_event
 from eventsourced_env.replay import check_log, replay_logs
 from eventsourced_env.snapshot import Filters, Snapshot
 from tests.conftest import row
@@ -306,3 +306,29 @@ def test_replay_logs_yields_each_session_with_its_outcome_as_it_reads_it(db_path
     missing = rest[0][1]
     assert missing is not None and missing.reason == "no such session in the log"
     assert rest[1][1] is None
+
+
+def test_reverify_scores_a_session_whose_log_records_a_null_reward(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A log written before rewards had to be finite holds null where a NaN was: not a sample before
+    # (as `stats` has it), still scored after; reverify used to fail it with a TypeError.
+    ids = record(db_path, counter_env, [[("increment_counter", {"count": 3})], []])
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        body = conn.execute(
+            "SELECT body FROM events WHERE session = ? AND kind = 'verified'", (ids[0],)
+        ).fetchone()[0]
+        old = orjson.loads(body)
+        nulled = make_event(old["prev"], old["seq"], old["kind"], old["at"], {**old["data"], "reward": None})
+        conn.execute(
+            "UPDATE events SET body = ?, hash = ? WHERE session = ? AND seq = ?",
+            (nulled.body, nulled.hash, ids[0], old["seq"]),
+        )
+        conn.commit()
+    assert main(["replay", "--db", str(db_path)]) == 0  # the chain holds: only the reward is null
+    capsys.readouterr()
+    assert main(["reverify", "--db", str(db_path), "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert (report["verified_sessions"], report["errors"]) == (2, [])
+    assert (report["scoring_failed_before"], report["scoring_failed_after"]) == (1, 0)
+    assert (report["mean_reward_before"], report["mean_reward_after"]) == (0.0, 0.5)
