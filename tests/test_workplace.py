@@ -182,6 +182,26 @@ async def test_conflicting_requests_are_tool_errors_over_http_with_status_200(
     assert after == {"seq": 1 + len(calls), "state": state}
 
 
+async def test_a_meeting_that_would_end_past_the_year_9999_is_a_tool_error(store: SqliteStore) -> None:
+    # '9999-12-31T23:59' matches the pattern and is a real time, but its end is past what datetime
+    # holds: this was a 500 (OverflowError) from schedule_meeting and reschedule_meeting.
+    sessions = Sessions(env, store)
+    session = await sessions.seed(EXAMPLE[0])
+    seq, before = await sessions.state_at(session)
+    c = generate(EXAMPLE[0]["company_seed"])
+    mine = next(m for m in c.meetings.values() if m.organizer_id == c.user_id and m.start > c.now)
+    late = "9999-12-31T23:59"
+    meeting = {"title": "Late", "start": late, "duration_minutes": 30, "attendee_ids": ["P001"]}
+    calls = [
+        ("schedule_meeting", meeting),
+        ("reschedule_meeting", {"meeting_id": mine.id, "start": late}),
+    ]
+    for name, arguments in calls:
+        observation = await sessions.call(session, name, arguments)
+        assert set(observation) == {"error"} and late in observation["error"], (name, observation)
+    assert (await sessions.state_at(session)) == (seq + len(calls), before)
+
+
 async def test_invalid_arguments_are_rejected_with_422_and_recorded(
     aiohttp_client: ClientFactory, db_path: Path
 ) -> None:

@@ -64,7 +64,7 @@ class WorkplaceTask(Task):
     ground_truth: list[ToolCall] = []
 
 
-env: Environment[WorkplaceTask, Company] = Environment("workplace", version="1", task=WorkplaceTask)
+env: Environment[WorkplaceTask, Company] = Environment("workplace", version="2", task=WorkplaceTask)
 
 
 @env.initial
@@ -217,7 +217,11 @@ def _span(state: Company, start: str, minutes: int) -> tuple[str, str]:
     begin = _minute(start)
     if begin < state.now:
         raise ToolError(f"{begin} is in the past (now is {state.now}); choose a later time")
-    return begin, (parse_minute(begin) + timedelta(minutes=minutes)).strftime(MINUTE)
+    try:
+        end = parse_minute(begin) + timedelta(minutes=minutes)
+    except OverflowError:
+        raise ToolError(f"a meeting starting {begin} would end after the year 9999") from None
+    return begin, end.strftime(MINUTE)
 
 
 # -- arguments ----------------------------------------------------------------------------------
