@@ -391,3 +391,22 @@ async def test_a_row_whose_ground_truth_names_an_unknown_tool_is_an_invalid_task
     row = {**EXAMPLE[0], "ground_truth": [{"name": "fly_to_the_moon", "arguments": {}}]}
     with pytest.raises(TaskInvalid, match="fly_to_the_moon"):
         await sessions.verify(await play(sessions, row, []), None)
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        ({"name": "assign_task", "arguments": {"task_id": "T011"}}, "assignee_id"),
+        ({"name": "assign_task", "arguments": {"task_id": "T999", "assignee_id": "P001"}}, "T999"),
+    ],
+    ids=["invalid-arguments", "tool-error"],
+)
+async def test_a_row_whose_ground_truth_call_fails_is_an_invalid_task(
+    store: SqliteStore, call: dict[str, Any], named: str
+) -> None:
+    # Invalid arguments were a 422 arguments_invalid at /verify, blaming a tool call the agent never
+    # made; a call that is a tool error was folded as no change, so doing nothing scored 1.0.
+    sessions = Sessions(env, store)
+    row = {**EXAMPLE[0], "ground_truth": [call]}
+    with pytest.raises(TaskInvalid, match=f"ground_truth.*{named}"):
+        await sessions.verify(await play(sessions, row, []), None)

@@ -16,7 +16,16 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, Field
 
-from eventsourced_env import Args, Context, Environment, Task, TaskInvalid, ToolError, VerifyResult
+from eventsourced_env import (
+    Args,
+    ArgumentsInvalid,
+    Context,
+    Environment,
+    Task,
+    TaskInvalid,
+    ToolError,
+    VerifyResult,
+)
 
 from .company import (
     COLLECTIONS,
@@ -64,7 +73,7 @@ class WorkplaceTask(Task):
     ground_truth: list[ToolCall] = []
 
 
-env: Environment[WorkplaceTask, Company] = Environment("workplace", version="2", task=WorkplaceTask)
+env: Environment[WorkplaceTask, Company] = Environment("workplace", version="3", task=WorkplaceTask)
 
 
 @env.initial
@@ -876,13 +885,23 @@ def delete_task(state: Company, args: TaskRef, ctx: Context) -> Result:
 
 
 def expected_state(task: WorkplaceTask) -> Company:
-    """The company after the row's ground-truth calls, folded on a fresh company from its seed."""
+    """The company after the row's ground-truth calls, folded on a fresh company from its seed.
+
+    TaskInvalid if a call names no tool, has arguments the tool refuses, or is a tool error.
+    """
     state = env.start(task, Context(task.company_seed, 1, 0.0))
     for seq, call in enumerate(task.ground_truth, start=2):
         tool = env.tools.get(call.name)
         if tool is None:
             raise TaskInvalid(f"the row's ground_truth calls {call.name!r}, which workplace does not have")
-        state, _ = env.run_tool(tool, state, tool.validate(call.arguments), Context(0, seq, 0.0))
+        try:
+            arguments = tool.validate(call.arguments)
+        except ArgumentsInvalid as e:
+            raise TaskInvalid(f"the row's ground_truth call {seq - 1} is refused: {e.detail}") from None
+        state, observation = env.run_tool(tool, state, arguments, Context(0, seq, 0.0))
+        if isinstance(observation, dict) and set(observation) == {"error"}:
+            failure = observation["error"]
+            raise TaskInvalid(f"the row's ground_truth call {seq - 1} ({call.name}) fails: {failure}")
     return state
 
 
