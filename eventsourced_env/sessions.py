@@ -354,7 +354,8 @@ class Sessions:
         session's random seed (`session_seed`, an integer); otherwise one is drawn and recorded.
 
         `carried`: the session the request carries (its cookie or header). A seed comes at the start
-        of a rollout, without one; one that carries an open session is a `Conflict`. Else a model
+        of a rollout, without one; one that carries a session the log knows (open or closed) is a
+        `Conflict`. Else a model
         could name a tool `seed_session` (NeMo Gym's agent posts every call to `/{name}` and keeps
         the reply's cookie), start a session of a task it made up, and be scored on that.
         """
@@ -385,18 +386,20 @@ class Sessions:
         return session
 
     async def _refuse_seed_inside(self, carried: str) -> None:
-        """Conflict if `carried` is an open session (a seed sent from inside a rollout)."""
+        """Conflict if `carried` is a session the log knows, open or closed (a seed sent from inside
+        a rollout). A closed one too: else a model could call `close_session`, then `seed_session`,
+        and the agent's final /verify would score the session of a task it made up."""
         try:
             async with self._lock(carried):  # a rebuild must not race a call's update of the cache
                 folded = await self._load(carried)
         except SessionNotFound:
             return  # a stale or foreign cookie: nothing to protect
-        if not folded.closed:
-            raise Conflict(
-                f"this seed carries open session {carried!r} (its cookie or {SESSION_HEADER} header): "
-                "a rollout seeds without one, and a tool cannot be named seed_session. Close that "
-                "session, or send the seed without its cookie"
-            )
+        state = "closed" if folded.closed else "open"
+        raise Conflict(
+            f"this seed carries {state} session {carried!r} (its cookie or {SESSION_HEADER} header): "
+            "a rollout seeds without one, and a tool cannot be named seed_session (nor close_session "
+            "and then seed_session). Send the seed without that session's cookie"
+        )
 
     async def call(self, session: str | None, tool_name: str, raw: Any, key: str | None = None) -> Any:
         """Apply one tool call; returns the observation. Refused calls are recorded, then raised.

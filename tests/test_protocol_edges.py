@@ -33,9 +33,9 @@ async def test_a_model_cannot_seed_its_way_to_a_reward(client: TestClient[Any, A
     status, reply, _ = await agent.post("/verify", {**row(initial=0, expected=3), "response": {"output": []}})
     assert (status, reply["reward"]) == (200, 0.0)
     assert len(await client.app[SESSIONS].store.sessions()) == 1  # nothing else was seeded
-    # After its close (or with a cookie the log does not know) a new seed goes through.
+    # After its close, a seed without the cookie (or with one the log does not know) goes through.
     await agent.post("/close_session", {})
-    assert (await agent.post("/seed_session", row()))[0] == 200
+    assert (await Agent(client).post("/seed_session", row()))[0] == 200
     stale = Agent(client)
     stale.cookie = "no-such-session"
     assert (await stale.post("/seed_session", row()))[0] == 200
@@ -43,6 +43,22 @@ async def test_a_model_cannot_seed_its_way_to_a_reward(client: TestClient[Any, A
     chosen = Agent(client)
     first = await chosen.post("/seed_session", row(_ng_session_id="mine"))
     assert (await chosen.post("/seed_session", row(_ng_session_id="mine")))[:2] == first[:2]
+
+
+async def test_a_model_cannot_close_then_seed_its_way_to_a_reward(client: TestClient[Any, Any]) -> None:
+    """A "tool" named close_session, then one named seed_session: the seed carried the closed
+    session's cookie and went through, so the agent's final /verify scored the model on a task it
+    made up (1.0 where its own rollout scored 0.0). A seed carrying any session the log knows is refused."""
+    agent = Agent(client)
+    await agent.post("/seed_session", row(initial=0, expected=3))
+    rollout = agent.cookie
+    assert (await agent.post("/close_session", {}))[0] == 200
+    status, reply, _ = await agent.post("/seed_session", {"initial_count": 5, "expected_count": 5})
+    assert (status, reply["error"]) == (409, "conflict") and "closed" in reply["detail"]
+    assert agent.cookie == rollout
+    status, reply, _ = await agent.post("/verify", {**row(initial=0, expected=3), "response": {"output": []}})
+    assert (status, reply["error"]) == (409, "session_closed")  # its own, closed: no reward to take
+    assert len(await client.app[SESSIONS].store.sessions()) == 1
 
 
 def _call(call_id: Any, name: str, arguments: str) -> dict[str, Any]:
