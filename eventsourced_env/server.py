@@ -285,7 +285,7 @@ async def fork_session(request: web.Request) -> web.Response:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise BadRequest(f"{name!r} must be an integer, not {reprlib.repr(value)}")
     parent = request.match_info["id"]
-    forks = await request.app[SESSIONS].fork(parent, at, 1 if count is None else count)
+    forks = await request.app[SESSIONS].fork(parent, at, 1 if count is None else count, _incoming(request))
     response = _json({"parent": parent, "sessions": forks})
     response.headers[HEADER] = forks[0]
     return response

@@ -366,7 +366,7 @@ class Sessions:
         if chosen is not None and not (isinstance(chosen, str) and SESSION_ID_PATTERN.match(chosen)):
             raise TaskInvalid("_ng_session_id must be 1-128 characters of letters, digits and _ . : -")
         if carried is not None and carried != chosen:
-            await self._refuse_seed_inside(carried)
+            await self._refuse_inside(carried, "seed")
         seed = _session_seed(row, secrets.randbits(63))
         session = chosen or _new_session_id()
         async with self._lock(session):
@@ -385,10 +385,13 @@ class Sessions:
             self._remember(session, Folded(self.env, task, seed, state, 1, event.hash, used=at))
         return session
 
-    async def _refuse_seed_inside(self, carried: str) -> None:
-        """Conflict if `carried` is a session the log knows, open or closed (a seed sent from inside
-        a rollout). A closed one too: else a model could call `close_session`, then `seed_session`,
-        and the agent's final /verify would score the session of a task it made up."""
+    async def _refuse_inside(self, carried: str, what: str) -> None:
+        """Conflict if `carried` is a session the log knows, open or closed: a seed or fork (`what`)
+        sent from inside a rollout. NeMo Gym's agent posts each call to `/{name}` (slashes and all)
+        and keeps the reply's cookie, so a "tool" named `seed_session` or `sessions/<id>/fork`
+        (after `close_session`, too) would swap the rollout's session for one of a task the model
+        made up, or for a fork of its own at an earlier seq, and the agent's final /verify would
+        score that one."""
         try:
             async with self._lock(carried):  # a rebuild must not race a call's update of the cache
                 folded = await self._load(carried)
@@ -396,9 +399,9 @@ class Sessions:
             return  # a stale or foreign cookie: nothing to protect
         state = "closed" if folded.closed else "open"
         raise Conflict(
-            f"this seed carries {state} session {carried!r} (its cookie or {SESSION_HEADER} header): "
-            "a rollout seeds without one, and a tool cannot be named seed_session (nor close_session "
-            "and then seed_session). Send the seed without that session's cookie"
+            f"this {what} carries {state} session {carried!r} (its cookie or {SESSION_HEADER} header): "
+            f"a rollout's tool calls cannot {what} (a tool cannot be named seed_session or "
+            f"sessions/<id>/fork). Send the {what} without that session's cookie"
         )
 
     async def call(self, session: str | None, tool_name: str, raw: Any, key: str | None = None) -> Any:
@@ -504,16 +507,21 @@ class Sessions:
             self._cache.pop(session, None)
             return True
 
-    async def fork(self, parent: str, at: int | None = None, count: int = 1) -> list[str]:
+    async def fork(
+        self, parent: str, at: int | None = None, count: int = 1, carried: str | None = None
+    ) -> list[str]:
         """Start `count` sessions whose logs are `parent`'s first `at` events (default: all), then their own.
 
         The copied events are byte-identical (their hash chain holds); a `forked` event naming the
-        parent follows them. The parent is untouched.
+        parent follows them. The parent is untouched. `carried`: the session the request carries;
+        a fork that carries one the log knows is a `Conflict` (sent from inside a rollout).
         """
         if not 1 <= count <= MAX_FORKS:
             raise InvalidRequest(f"count must be from 1 to {MAX_FORKS}, not {count}")
         if at is not None and at < 1:
             raise InvalidRequest(f"at must be a seq of 1 or more, not {at}")
+        if carried is not None:
+            await self._refuse_inside(carried, "fork")
         events = await self.events(parent, at)
         last = events[-1].seq
         if at is not None and at > last:

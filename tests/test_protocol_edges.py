@@ -61,6 +61,30 @@ async def test_a_model_cannot_close_then_seed_its_way_to_a_reward(client: TestCl
     assert len(await client.app[SESSIONS].store.sessions()) == 1
 
 
+@pytest.mark.parametrize("close_first", [False, True])
+async def test_a_model_cannot_fork_its_way_back(client: TestClient[Any, Any], close_first: bool) -> None:
+    """NeMo Gym's agent posts to `/{name}` as it is, slashes and all, so a "tool" named
+    `sessions/<id>/fork` reaches the fork route, and on a server without a token nothing stopped it:
+    the model learns its id (a refused seed's detail, a close's reply), forks its session at an
+    earlier seq (undoing its mistakes, or a card it peeked at), the agent keeps the fork's cookie,
+    and the final /verify scores the fork. A fork that carries a session the log knows is refused."""
+    agent = Agent(client)
+    await agent.post("/seed_session", row(initial=0, expected=3))
+    rollout = agent.cookie
+    await agent.post("/increment_counter", {"count": 3})
+    await agent.post("/increment_counter", {"count": 5})  # a mistake
+    if close_first:
+        assert (await agent.post("/close_session", {}))[1]["session_id"] == rollout
+    status, reply, _ = await agent.post(f"/sessions/{rollout}/fork", {"at": 2})
+    assert (status, reply["error"]) == (409, "conflict") and "fork" in reply["detail"]
+    assert agent.cookie == rollout
+    status, reply, _ = await agent.post("/verify", {**row(initial=0, expected=3), "response": {"output": []}})
+    assert status == 409 if close_first else reply["reward"] == 0.0
+    assert len(await client.app[SESSIONS].store.sessions()) == 1
+    # From outside a rollout (no session carried), forking works as before.
+    assert (await client.post(f"/sessions/{rollout}/fork", data=b'{"at": 2}')).status == 200
+
+
 def _call(call_id: Any, name: str, arguments: str) -> dict[str, Any]:
     return {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
 
