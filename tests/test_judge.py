@@ -12,7 +12,8 @@ from aiohttp import DummyCookieJar
 from aiohttp.test_utils import TestClient
 
 from environments.qa_judge import env as qa_env
-from environments.qa_judge import judge_request, oracle
+from environments.qa_judge import judge_request, oracle, rules_verdict
+from environments.qa_judge.corpus import DOCUMENTS
 from eventsourced_env import EffectFailed, SqliteStore
 from eventsourced_env.cli import main
 from eventsourced_env.conformance import trajectory_response
@@ -129,6 +130,21 @@ async def test_without_a_judge_the_rules_decide_and_say_so(
     assert "effects" not in first
     # Recorded without a judge, re-verified without one: the rules again, never a judge.
     assert [r.new for r in reverify_logs(logs(db_path), lambda name: qa_env).results] == [1.0, 0.0]
+
+
+def test_the_rules_do_not_pass_an_answer_that_pastes_the_notes() -> None:
+    """The rules passed any answer in which the reference appears word for word, so a model that
+    pasted the note it read (or every note: 1,588 characters, under `answer`'s 2,000) as its answer
+    scored 1.0 on every row without answering. The rules now take a short answer only (the prompt
+    asks for one); the judge's rubric already refuses an answer that hedges."""
+    everything = " ".join(text for _, text in DOCUMENTS.values())
+    for row in ROWS:
+        task = qa_env.parse_task(row)
+        assert task.source_doc is not None
+        for pasted in (DOCUMENTS[task.source_doc][1], everything):
+            assert not rules_verdict(task, pasted), (row, pasted)
+        assert rules_verdict(task, task.expected_answer)
+        assert rules_verdict(task, f"From the notes, I found that the answer is {task.expected_answer}.")
 
 
 def test_429_500_and_malformed_replies_are_retried() -> None:

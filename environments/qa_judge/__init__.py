@@ -152,13 +152,22 @@ def final_message(response: Any) -> str | None:
     return None
 
 
+#: How many words a short answer may say beyond the longest accepted form, for the rules. A longer
+#: one could be a pasted note, which holds the reference word for word (the notes run 18 words and up).
+RULES_EXTRA_WORDS = 12
+
+
 def rules_verdict(task: QATask, answer: str) -> bool:
-    """The rule-based scorer: the reference (or an alias) appears, word for word, in the answer."""
-    said = f" {' '.join(w for w in _words(answer) if w not in ('a', 'an', 'the'))} "
-    return any(
-        f" {' '.join(w for w in _words(accepted) if w not in ('a', 'an', 'the'))} " in said
-        for accepted in (task.expected_answer, *task.aliases)
-    )
+    """The rule-based scorer: the answer is short (at most `RULES_EXTRA_WORDS` words beyond the
+    longest accepted form) and the reference (or an alias) appears in it, word for word."""
+    accepted = [
+        [w for w in _words(form) if w not in ("a", "an", "the")]
+        for form in (task.expected_answer, *task.aliases)
+    ]
+    said = [w for w in _words(answer) if w not in ("a", "an", "the")]
+    if len(said) > max(map(len, accepted)) + RULES_EXTRA_WORDS:
+        return False
+    return any(f" {' '.join(form)} " in f" {' '.join(said)} " for form in accepted)
 
 
 @env.verifier
