@@ -144,7 +144,9 @@ def _authorize(request: web.Request, *, own_session_ok: bool) -> None:
     if own_session_ok and request.match_info.get("id") == _incoming(request):
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    # Header bytes that are not UTF-8 come as surrogates (as a token from argv may): back to bytes.
+    given_bytes, token_bytes = (t.encode("utf-8", "surrogateescape") for t in (given, token))
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token_bytes):
         raise Unauthorized("this route needs the server's token: send `Authorization: Bearer <token>`")
 
 

@@ -297,6 +297,22 @@ async def test_with_a_token_other_sessions_need_it(aiohttp_client: ClientFactory
     assert (await theirs.post("/get_counter_value", {}))[1] == {"count": 2}
 
 
+@pytest.mark.parametrize("given", [b"Bearer \xff\xfe", b"Bearer s3cr\xc3\xa9t", b"\xff s3cret"])
+async def test_a_token_that_is_not_ascii_is_a_401(
+    aiohttp_client: ClientFactory, db_path: Path, given: bytes
+) -> None:
+    """An Authorization header that is not UTF-8 reached the comparison as text with surrogates,
+    whose `.encode()` raised: a 500 where a wrong token is a 401."""
+    client = await aiohttp_client(create_app(counter_env, SqliteStore(db_path), token="s3cret"))
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(b"GET /sessions HTTP/1.1\r\nHost: x\r\nAuthorization: " + given + b"\r\n\r\n")
+    await writer.drain()
+    head = await reader.readline()
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401"), head
+
+
 def test_listening_beyond_loopback_needs_a_token(capsys: pytest.CaptureFixture[str]) -> None:
     for host in ("127.0.0.1", "127.5.5.5", "::1", "localhost"):
         check_exposure(host, None, False)
