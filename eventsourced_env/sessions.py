@@ -554,7 +554,8 @@ class Sessions:
         the row's `session_seed`, else 0); each `function_call` in `response.output` is applied in
         order and its replayed output compared with the recorded `function_call_output` (as JSON
         where both are JSON); a call whose arguments are not JSON is skipped and takes no seq, as
-        does one the server answered with an error it did not record (a tool that crashed).
+        does one no output answers (the agent never sent it) and one the server answered with an
+        error it did not record (a tool that crashed).
         Returns the verifier's result and a report of the replay; a replay that diverges scores 0
         with a `replay` failure (the replayed state's own reward in the report). Effects
         (a judge) are performed live: nothing of this session is recorded. Blocks on effects: run it
@@ -570,6 +571,8 @@ class Sessions:
         divergence = None
         seq = 1  # the seeded event's; each call the server would have seen takes the next, as live
         for call_id, name, arguments, recorded in calls:
+            if recorded is _UNANSWERED:
+                continue  # the agent never sent it (a turn cut short): live, it never ran
             try:
                 # NeMo Gym's agent sends no body for arguments that are falsy (`null`, `{}`, `[]`, 0,
                 # ""), which the server reads as `{}`: so they were called with `{}`.
@@ -662,8 +665,14 @@ def _session_seed(row: dict[str, Any], default: int) -> int:
     return seed
 
 
+#: A function call no `function_call_output` answers: NeMo Gym's agent answers every call it sends,
+#: so it never sent this one (a turn cut short by max_output_tokens, or the last one).
+_UNANSWERED: Any = object()
+
+
 def _function_calls(response: Any) -> list[tuple[str, str, str, Any]]:
-    """(call_id, tool, arguments, recorded output or None) for each function call of a Responses output.
+    """(call_id, tool, arguments, recorded output) for each function call of a Responses output;
+    the output is `_UNANSWERED` for a call no `function_call_output` answers.
 
     Each call's output is the first `function_call_output` after it with its `call_id` not yet
     taken by an earlier call: ids may repeat (a model numbering its calls turn by turn). A call_id
@@ -682,7 +691,7 @@ def _function_calls(response: Any) -> list[tuple[str, str, str, Any]]:
             what = reprlib.repr(call_id)
             raise BadRequest(f"response.output[{place}].call_id must be a string, not {what}")
         if item["type"] == "function_call":
-            call = [call_id, str(item.get("name")), str(item.get("arguments", "{}")), None]
+            call = [call_id, str(item.get("name")), str(item.get("arguments", "{}")), _UNANSWERED]
             calls.append(call)
             waiting[call_id].append(call)
         elif waiting[call_id]:

@@ -132,6 +132,31 @@ async def test_stateless_verify_pairs_repeated_call_ids_in_order(client: TestCli
     assert (await _stateless(client, forged))[1]["stateless_replay"]["clean"] is False
 
 
+async def test_stateless_verify_does_not_replay_a_call_the_agent_never_sent(
+    client: TestClient[Any, Any],
+) -> None:
+    """NeMo Gym's agent answers every call it sends with a function_call_output, but stops before
+    sending the calls of a turn cut short by max_output_tokens: those are in the
+    trajectory without an output, and live they never ran. Stateless /verify replayed them, so a
+    rollout that scored 0 live re-verified to 1.0; now a call without an output takes no seq."""
+    agent = Agent(client)
+    await agent.post("/seed_session", row(initial=0, expected=3))
+    status, reply, _ = await agent.post("/verify", {**row(initial=0, expected=3), "response": {"output": []}})
+    assert reply["reward"] == 0.0  # live: no call reached the server
+    status, reply = await _stateless(client, [_call("a", "increment_counter", '{"count": 3}')])
+    assert status == 200 and reply["reward"] == 0.0 and reply["stateless_replay"]["clean"]
+    # A later call that was answered is still replayed, at the seq it took live.
+    status, reply = await _stateless(
+        client,
+        [
+            _call("a", "increment_counter", '{"count": 5}'),
+            _call("b", "increment_counter", '{"count": 3}'),
+            _output("b", {"success": True}),
+        ],
+    )
+    assert status == 200 and reply["reward"] == 1.0 and reply["stateless_replay"]["clean"]
+
+
 @pytest.mark.parametrize("call_id", [[], {"a": 1}, 7, None])
 async def test_a_call_id_that_is_not_a_string_is_a_400(client: TestClient[Any, Any], call_id: Any) -> None:
     status, reply = await _stateless(
