@@ -11,8 +11,8 @@ import pytest
 from aiohttp import DummyCookieJar
 from aiohttp.test_utils import TestClient
 
+from environments.qa_judge import QATask, judge_request, oracle, rules_verdict
 from environments.qa_judge import env as qa_env
-from environments.qa_judge import judge_request, oracle, rules_verdict
 from environments.qa_judge.corpus import DOCUMENTS
 from eventsourced_env import EffectFailed, SqliteStore
 from eventsourced_env.cli import main
@@ -303,3 +303,12 @@ def test_a_reply_that_trickles_in_is_cut_off_at_the_timeout() -> None:
         with pytest.raises(EffectFailed, match=r"took longer than the 0\.3 s timeout"):
             client.perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
     assert len(judge.requests) == 2  # cut off, then retried
+
+
+def test_the_rules_read_decimals_and_commas_as_a_reader_would() -> None:
+    # "2.5" said "5" to the rules (the dot split it), and "saffron,tea" said "saffrontea".
+    task = QATask(question="How many arches?", expected_answer="five", aliases=["5"])
+    assert not rules_verdict(task, "about 2.5 arches")
+    assert rules_verdict(task, "5 arches.")
+    assert rules_verdict(QATask(question="q", expected_answer="saffron"), "saffron,tea")
+    assert rules_verdict(QATask(question="q", expected_answer="1200 people"), "1,200 people")

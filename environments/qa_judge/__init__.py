@@ -69,8 +69,9 @@ _STOPWORDS = frozenset(
 
 
 def _words(text: str) -> list[str]:
-    """Lower-case words and numbers, punctuation dropped."""
-    return re.findall(r"[a-z0-9]+", text.lower().replace(",", ""))
+    """Lower-case words and numbers, punctuation dropped: a decimal is one number ("2.5" is not "5"),
+    and a comma joins only digits ("1,200" is 1200; "saffron,tea" two words)."""
+    return re.findall(r"[0-9]+(?:\.[0-9]+)+|[a-z0-9]+", re.sub(r"(?<=[0-9]),(?=[0-9])", "", text.lower()))
 
 
 @env.initial
