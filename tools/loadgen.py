@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -153,10 +154,14 @@ def main() -> None:
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     rate = len(latencies) / elapsed
     print(f"{len(results)} rollouts, {len(latencies)} calls in {elapsed:.2f}s: {rate:.0f} calls/s")
-    print(f"p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms; reward 1.0 on {perfect}/{len(results)}")
+    # No call answered (no server there, or not listening yet): no percentiles, but the errors.
+    timing = f"p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms" if latencies else "no call answered"
+    print(f"{timing}; reward 1.0 on {perfect}/{len(results)}")
     print(f"{len(errors)} errors")
     for e in errors[:10]:
         print("  error:", e)
+    if errors:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
