@@ -19,7 +19,7 @@ Layers, each importing only those below it:
 An environment imports only from this package: the names in `__all__`.
 """
 
-from .conformance import check_env
+from .conformance import ConformanceError, check_env
 from .environment import Args, Context, Effects, Environment, Performer, State, Task, Tool, VerifyResult
 from .errors import (
     ArgumentsInvalid,
@@ -56,6 +56,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "Conflict",
+    "ConformanceError",
     "Context",
     "EffectDiverged",
     "EffectFailed",

@@ -184,3 +184,12 @@ def test_a_tool_that_changes_its_state_in_place_is_named() -> None:
 
     with pytest.raises(ConformanceError, match=r"seq 2: tool 'put' changed the state it was given in place"):
         check_env(env, [{}], put_twice)
+
+
+def test_the_error_check_env_raises_is_importable_beside_it() -> None:
+    # The README: "`check_env(env, rows, oracle)` (in `eventsourced_env`) … raises `ConformanceError`";
+    # an environment imports only from the package (its docstring), so the error must be there too.
+    import eventsourced_env
+
+    assert eventsourced_env.ConformanceError is ConformanceError
+    assert "ConformanceError" in eventsourced_env.__all__
