@@ -570,6 +570,7 @@ class Sessions:
         calls = _function_calls(response)
         divergence = None
         seq = 1  # the seeded event's; each call the server would have seen takes the next, as live
+        sent = 0  # the calls the server saw live, each replayed
         for call_id, name, arguments, recorded in calls:
             if recorded is _UNANSWERED:
                 continue  # the agent never sent it (a turn cut short): live, it never ran
@@ -581,6 +582,7 @@ class Sessions:
             except ValueError:
                 continue  # NeMo Gym's agent answers unparsable arguments itself; the server never saw them
             seq += 1
+            sent += 1
             try:
                 result = attempt(self.env, state, seed, seq, at, name, raw, self._live_effects())
                 _, result = _recorded_as("", seq, at, name, raw, result, state)  # as the server would
@@ -591,7 +593,7 @@ class Sessions:
             if divergence is None and recorded is not None and not _same_output(recorded, replayed):
                 divergence = {"call_id": call_id, "tool": name, "recorded": recorded, "replayed": replayed}
         verified = self._score(state, task, response, Context(seed, seq + 1, at, self._live_effects()))
-        report: dict[str, Any] = {"clean": divergence is None, "calls": len(calls), "divergence": divergence}
+        report: dict[str, Any] = {"clean": divergence is None, "calls": sent, "divergence": divergence}
         if divergence is not None:
             # Scored, but not a sample: the record says the tools answered otherwise (a forged
             # output, a session lost mid-rollout whose calls got 404s, a changed environment, or a

@@ -145,6 +145,7 @@ async def test_stateless_verify_does_not_replay_a_call_the_agent_never_sent(
     assert reply["reward"] == 0.0  # live: no call reached the server
     status, reply = await _stateless(client, [_call("a", "increment_counter", '{"count": 3}')])
     assert status == 200 and reply["reward"] == 0.0 and reply["stateless_replay"]["clean"]
+    assert reply["stateless_replay"]["calls"] == 0  # the calls replayed: none reached the server
     # A later call that was answered is still replayed, at the seq it took live.
     status, reply = await _stateless(
         client,
@@ -155,6 +156,7 @@ async def test_stateless_verify_does_not_replay_a_call_the_agent_never_sent(
         ],
     )
     assert status == 200 and reply["reward"] == 1.0 and reply["stateless_replay"]["clean"]
+    assert reply["stateless_replay"]["calls"] == 1
 
 
 @pytest.mark.parametrize("call_id", [[], {"a": 1}, 7, None])
