@@ -19,11 +19,35 @@ from .errors import ConfigError, EnvError
 __all__ = ["bundled", "load_environment"]
 
 
-def bundled() -> list[str]:
-    """The names of the environments that ship in the `environments` package."""
-    import environments
+_OURS = Path(__file__).resolve().parent.parent / "environments"
 
-    return sorted(m.name for m in pkgutil.iter_modules(environments.__path__) if m.ispkg)
+
+def _environments() -> ModuleType:
+    """Our `environments` package, even where another of that name comes first on `sys.path`.
+
+    nemo-gym ships a top-level `environments` package too, and NeMo Gym's runner installs nemo-gym
+    in every server's venv, ahead of ours (an editable install is found last): so ours is loaded
+    from beside `eventsourced_env`, under its own name, whatever `import environments` would find.
+    """
+    loaded = sys.modules.get("environments")
+    spec = importlib.util.find_spec("environments") if loaded is None else loaded.__spec__
+    found = spec.submodule_search_locations if spec is not None else None
+    if found is not None and _OURS in {Path(p).resolve() for p in found}:
+        return importlib.import_module("environments")
+    spec = importlib.util.spec_from_file_location(
+        "environments", _OURS / "__init__.py", submodule_search_locations=[str(_OURS)]
+    )
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import the bundled environments from {_OURS}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["environments"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bundled() -> list[str]:
+    """The names of the environments that ship in our `environments` package."""
+    return sorted(m.name for m in pkgutil.iter_modules(_environments().__path__) if m.ispkg)
 
 
 def _pick(module: ModuleType, attribute: str | None, spec: str) -> Environment[Any, Any]:

@@ -115,6 +115,31 @@ def test_started_exactly_as_ng_run_starts_a_server(tmp_path: Path) -> None:
     assert main(["replay", "--db", block["db"]]) == 0
 
 
+def test_served_beside_nemo_gyms_own_environments_package(tmp_path: Path) -> None:
+    # ng_run installs nemo-gym in every server's venv, and nemo-gym ships a top-level `environments`
+    # package of its own (abstention, blackjack, ...), found before ours: a bundled name must
+    # still mean our environment, not "unknown environment".
+    theirs = tmp_path / "site-packages" / "environments"
+    (theirs / "blackjack").mkdir(parents=True)
+    (theirs / "__init__.py").write_text("")
+    (theirs / "blackjack" / "__init__.py").write_text("")
+    config = nemo_config("counter")
+    block = config["counter_resources_server"]["resources_servers"]["counter"]
+    block.update(host="127.0.0.1", port=free_port(), db=str(tmp_path / "counter.db"))
+    env = {
+        "NEMO_GYM_CONFIG_DICT": yaml.safe_dump(config),
+        "NEMO_GYM_CONFIG_PATH": "counter_resources_server",
+        "PYTHONPATH": os.pathsep.join([str(ENVIRONMENTS / "counter"), str(theirs.parent)]),
+    }
+    proc, url = start([sys.executable, "app.py"], ENVIRONMENTS / "counter", env)
+    try:
+        agent = Rollout(url)
+        agent.post("/seed_session", {"responses_create_params": {"input": []}, "initial_count": 1})
+        assert agent.post("/get_counter_value", {}) == {"count": 1}
+    finally:
+        assert stop(proc) == 0
+
+
 def test_serve_reads_the_same_yaml_judge_included(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = nemo_config("qa_judge")
     block = config["qa_judge_resources_server"]["resources_servers"]["qa_judge"]
