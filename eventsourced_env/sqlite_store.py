@@ -129,9 +129,11 @@ _InFlight = tuple[list[_Append], list["EnvError | None"], "asyncio.Future[None]"
 # is not trusted again), "g" if the log's files are not the server's any more: deleted (SQLite goes
 # on writing to a deleted file, lost when the server exits) or, at its start, others at those
 # paths (argv: the WAL, the database, and the identity, device:inode, each had when the store
-# opened). It exits when stdin closes, so it never outlives the server.
+# opened). It exits when stdin closes, so it never outlives the server; Ctrl-C, which a terminal sends
+# to the server's whole process group, it ignores: the server drains, then closes its stdin.
 _SYNCER = """
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 try:  # on Linux: waking it does not preempt the server (see the module docstring)
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 except (AttributeError, OSError):

@@ -115,6 +115,15 @@ def test_started_exactly_as_ng_run_starts_a_server(tmp_path: Path) -> None:
     assert main(["replay", "--db", block["db"]]) == 0
 
 
+def counter_as_ng_run_starts_it(tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Counter's block (host, port and db filled in) and the variables ng_run starts its app.py with."""
+    config = nemo_config("counter")
+    block = config["counter_resources_server"]["resources_servers"]["counter"]
+    block.update(host="127.0.0.1", port=free_port(), db=str(tmp_path / "counter.db"))
+    env = {"NEMO_GYM_CONFIG_DICT": yaml.safe_dump(config), "NEMO_GYM_CONFIG_PATH": "counter_resources_server"}
+    return block, env
+
+
 def test_served_beside_nemo_gyms_own_environments_package(tmp_path: Path) -> None:
     # ng_run installs nemo-gym in every server's venv, and nemo-gym ships a top-level `environments`
     # package of its own (abstention, blackjack, ...), found before ours: a bundled name must
@@ -123,14 +132,8 @@ def test_served_beside_nemo_gyms_own_environments_package(tmp_path: Path) -> Non
     (theirs / "blackjack").mkdir(parents=True)
     (theirs / "__init__.py").write_text("")
     (theirs / "blackjack" / "__init__.py").write_text("")
-    config = nemo_config("counter")
-    block = config["counter_resources_server"]["resources_servers"]["counter"]
-    block.update(host="127.0.0.1", port=free_port(), db=str(tmp_path / "counter.db"))
-    env = {
-        "NEMO_GYM_CONFIG_DICT": yaml.safe_dump(config),
-        "NEMO_GYM_CONFIG_PATH": "counter_resources_server",
-        "PYTHONPATH": os.pathsep.join([str(ENVIRONMENTS / "counter"), str(theirs.parent)]),
-    }
+    _, env = counter_as_ng_run_starts_it(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(ENVIRONMENTS / "counter"), str(theirs.parent)])
     proc, url = start([sys.executable, "app.py"], ENVIRONMENTS / "counter", env)
     try:
         agent = Rollout(url)
@@ -138,6 +141,33 @@ def test_served_beside_nemo_gyms_own_environments_package(tmp_path: Path) -> Non
         assert agent.post("/get_counter_value", {}) == {"count": 1}
     finally:
         assert stop(proc) == 0
+
+
+def test_ctrl_c_of_the_runner_stops_server_and_syncer_without_a_traceback(tmp_path: Path) -> None:
+    # Ctrl-C in ng_run's terminal reaches its whole process group: the runner, our server and the
+    # syncer the server started. The syncer must leave its end to the server (it exits when its
+    # stdin closes), not die at once with a KeyboardInterrupt traceback.
+    block, env = counter_as_ng_run_starts_it(tmp_path)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=ENVIRONMENTS / "counter",
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    agent = Rollout(url)
+    agent.post("/seed_session", {"responses_create_params": {"input": []}, "initial_count": 1})
+    assert agent.post("/increment_counter", {"count": 2}) == {"success": True}  # the syncer runs
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert main(["replay", "--db", block["db"]]) == 0
 
 
 def test_serve_reads_the_same_yaml_judge_included(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
