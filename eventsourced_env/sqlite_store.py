@@ -130,10 +130,12 @@ _InFlight = tuple[list[_Append], list["EnvError | None"], "asyncio.Future[None]"
 # on writing to a deleted file, lost when the server exits) or, at its start, others at those
 # paths (argv: the WAL, the database, and the identity, device:inode, each had when the store
 # opened). It exits when stdin closes, so it never outlives the server; Ctrl-C, which a terminal sends
-# to the server's whole process group, it ignores: the server drains, then closes its stdin.
+# to the server's whole process group, and SIGTERM, which a service manager may send the whole group
+# (systemd's default), it ignores: the server drains, fsyncing its last batches, then closes its stdin.
 _SYNCER = """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 try:  # on Linux: waking it does not preempt the server (see the module docstring)
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 except (AttributeError, OSError):

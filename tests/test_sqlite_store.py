@@ -225,6 +225,25 @@ async def test_a_failed_fsync_is_a_503_and_final_until_a_restart(
         await reopened.close()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_the_syncer_outlasts_a_signal_to_the_process_group(db_path: Path, sig: signal.Signals) -> None:
+    # Ctrl-C (a terminal) or SIGTERM (a service manager) may reach the server's whole process group:
+    # the syncer must go on fsyncing while the server drains, not die and leave its batch a 503.
+    store = SqliteStore(db_path)
+    try:
+        events = log(2)
+        await store.append("s1", events[:1])
+        syncer = store._syncer
+        assert syncer is not None
+        os.kill(syncer.pid, sig)
+        await asyncio.sleep(0.2)  # a syncer that dies of it is gone by now
+        await store.append("s1", events[1:])
+        assert store._syncer is syncer and syncer.poll() is None
+    finally:
+        await store.close()
+    assert syncer.returncode == 0  # it ended when the store closed its stdin
+
+
 async def test_close_stops_the_syncer_and_normal_or_memory_need_none(db_path: Path, tmp_path: Path) -> None:
     store = SqliteStore(db_path)
     await store.append("s1", log(1))
