@@ -312,3 +312,6 @@ def test_the_rules_read_decimals_and_commas_as_a_reader_would() -> None:
     assert rules_verdict(task, "5 arches.")
     assert rules_verdict(QATask(question="q", expected_answer="saffron"), "saffron,tea")
     assert rules_verdict(QATask(question="q", expected_answer="1200 people"), "1,200 people")
+    # A form with no words matches nothing, not every answer.
+    assert not rules_verdict(QATask(question="q", expected_answer="?", aliases=["the"]), "the")
+    assert rules_verdict(QATask(question="q", expected_answer="Lund", aliases=["—"]), "Lund")

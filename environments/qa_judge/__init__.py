@@ -168,7 +168,8 @@ def rules_verdict(task: QATask, answer: str) -> bool:
     said = [w for w in _words(answer) if w not in ("a", "an", "the")]
     if len(said) > max(map(len, accepted)) + RULES_EXTRA_WORDS:
         return False
-    return any(f" {' '.join(form)} " in f" {' '.join(said)} " for form in accepted)
+    # A form with no words ("?", "—") says nothing to match: it would match every answer.
+    return any(form and f" {' '.join(form)} " in f" {' '.join(said)} " for form in accepted)
 
 
 @env.verifier
