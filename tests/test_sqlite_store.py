@@ -322,7 +322,7 @@ async def test_a_log_reached_through_a_symlink_is_fsynced_where_sqlite_writes_it
     ],
 )
 def test_a_database_of_another_program_is_refused_and_left_as_it_was(db_path: Path, theirs: str) -> None:
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute(theirs)
     with pytest.raises(ConfigError, match="not an event log"):
         SqliteStore(db_path)
@@ -339,7 +339,7 @@ async def test_a_log_deleted_before_the_first_fsync_is_unavailable_for_good(
         delete_log(db_path)
         if replaced:  # another log made at the same path: fsyncing it would vouch for nothing of ours
             await SqliteStore(db_path).close()
-            with sqlite3.connect(db_path) as conn:
+            with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("CREATE TABLE t (x)")
         for _ in range(2):
