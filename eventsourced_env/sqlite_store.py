@@ -296,9 +296,13 @@ class SqliteStore(Store):
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
             )
+        except sqlite3.Error as e:
+            raise _open_failure(e, self.path, "open the database") from e
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        except sqlite3.Error as e:
+        except sqlite3.Error as e:  # a log another process holds locked, say: this connection is done
+            conn.close()
             raise _open_failure(e, self.path, "open the database") from e
         with self._connections_lock:
             self._connections.append(conn)
