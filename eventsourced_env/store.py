@@ -56,9 +56,14 @@ class Store(ABC):
         for session, events in logs:
             await self.append(session, events)
 
-    @abstractmethod
     async def sync(self) -> None:
-        """Return once everything committed so far is durable (what a retried call waits for)."""
+        """Return once everything committed so far is durable (what a retried call waits for).
+
+        This default does nothing: a store whose `append` returns only once its events are durable
+        has nothing more to wait for. One that can commit and then fail to make durable (the SQLite
+        store's fsync, done apart) waits here for its next one.
+        """
+        return None
 
     @abstractmethod
     async def read(self, session: str, upto: int | None = None) -> list[Event]:

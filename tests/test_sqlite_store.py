@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from eventsourced_env import ConfigError, Conflict, SqliteStore, StoreUnavailable, sqlite_store
+from eventsourced_env import ConfigError, Conflict, SqliteStore, Store, StoreUnavailable, sqlite_store
 from eventsourced_env.events import Event, first_broken_link, make_event
 from eventsourced_env.sqlite_store import INSERT_EVENT
 from tests.logs import delete_log
@@ -372,3 +372,9 @@ def test_a_log_locked_by_another_process_leaves_no_connection_open(db_path: Path
     assert len(opened) == 1
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         opened[0].execute("SELECT 1")
+
+
+def test_a_store_written_before_sync_and_append_many_still_works() -> None:
+    # `Store` is public: a backend written against it before these two were added must not be
+    # refused as abstract. Their defaults fit a store whose append returns once durable.
+    assert Store.__abstractmethods__.isdisjoint({"sync", "append_many"})
