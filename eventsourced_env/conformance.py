@@ -128,7 +128,7 @@ def run_oracle(
                 seen = _plain_json(observation, seq)
                 data = {
                     "tool": name,
-                    "args": parsed.model_dump(mode="json", by_alias=True),
+                    "args": tool.recorded(parsed),
                     "observation": observation,
                 }
                 event = make_event(prev, seq, TOOL_CALLED, float(seq), data)

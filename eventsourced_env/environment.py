@@ -265,6 +265,12 @@ class Tool:
         except ToolError as e:  # raised by a validator of the arguments': refused as invalid ones are
             raise ArgumentsInvalid(f"invalid arguments for tool {self.name!r}: {e.detail}") from e
 
+    @staticmethod
+    def recorded(args: BaseModel) -> dict[str, Any]:
+        """Validated arguments as a `tool_called` event records them: JSON, by alias (as the schema
+        publishes them and a model sends them, so that replay validates them again)."""
+        return args.model_dump(mode="json", by_alias=True)
+
 
 def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
     """A validation error as one line (`field: message; …`) and as JSON, field by field."""

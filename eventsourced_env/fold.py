@@ -133,7 +133,7 @@ def attempt(
         raise
     except Exception as e:
         raise ToolFailed(f"tool {name!r} failed: {type(e).__name__}: {e}") from e
-    data = {"tool": name, "args": args.model_dump(mode="json", by_alias=True), "observation": observation}
+    data = {"tool": name, "args": tool.recorded(args), "observation": observation}
     if effects is not None and effects.record:
         data["effects"] = effects.record
     return Attempt(TOOL_CALLED, data, new_state, None)

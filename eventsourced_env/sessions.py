@@ -644,7 +644,7 @@ class Sessions:
 def _validated(tool: Any, raw: Any) -> Any:
     """The arguments as a call with `raw` would record them, or None if they are refused."""
     try:
-        return tool.validate(raw).model_dump(mode="json", by_alias=True)
+        return tool.recorded(tool.validate(raw))
     except ArgumentsInvalid:
         return None
 

@@ -132,6 +132,9 @@ def test_arguments_with_an_alias_are_recorded_as_the_model_sent_them(db_path: Pa
         sessions = Sessions(mail_env, store)
         sid = await sessions.seed({})
         assert await sessions.call(sid, "send", {"from": "ann", "to": "bob"}) == {"sent": True}
+        # A retry under its key is matched against the record by the same rule: the same call.
+        assert await sessions.call(sid, "send", {"from": "ann", "to": "cy"}, "k1") == {"sent": True}
+        assert await sessions.call(sid, "send", {"from": "ann", "to": "cy"}, "k1") == {"sent": True}
         events = await store.read(sid)
         await store.close()
         return events
