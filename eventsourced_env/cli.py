@@ -155,7 +155,7 @@ def cli() -> None:
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False),
-    help="A NeMo Gym YAML config: its resources server's env, host, port, db, token and judge.",
+    help="A NeMo Gym YAML config: its resources server's env, db, judge and serve options (cache_size…).",
 )
 @click.option("--instance", help="Which server instance of --config (needed if it has several).")
 @click.option(
@@ -206,7 +206,15 @@ def serve_command(
             if nemo_gym
             else find_server(read_config(Path(config_file or "").read_text()), instance)
         )
-        env, host, port, db, token = _from_config(settings, env=env, host=host, port=port, db=db, token=token)
+        for warning in settings.warnings:
+            click.echo(f"esenv: warning: {warning}", err=True)
+        chosen = _from_config(settings)
+        env, host, port, db, token, insecure = (
+            chosen[k] for k in ("env", "host", "port", "db", "token", "insecure")
+        )
+        max_body, cache_size, idle_ttl = chosen["max_body"], chosen["cache_size"], chosen["idle_ttl"]
+        max_events, max_live = chosen["max_events"], chosen["max_live"]
+        snapshot_every, synchronous = chosen["snapshot_every"], chosen["synchronous"]
         judge_given = {**settings.judge, **{k: v for k, v in judge_given.items() if v is not None}}
     if env is None:
         raise click.UsageError("give ENV (or --config FILE.yaml)")
@@ -270,15 +278,40 @@ def serve_command(
         raise
 
 
-def _from_config(settings: ServerSettings, **given: Any) -> tuple[Any, ...]:
-    """(env, host, port, db, token): the config's value where the command line left the default."""
+#: A config key whose `serve` parameter is named otherwise.
+_PARAMETER_OF = {"sync": "synchronous"}
+
+
+def _from_config(settings: ServerSettings) -> dict[str, Any]:
+    """Every `serve` parameter: the command line's value where given there, else the config's, else
+    the default. A config's option is checked and converted by the option's own type, as the command
+    line's is (ConfigError naming the key if it is wrong)."""
     ctx = click.get_current_context()
-    chosen = []
-    for name, value in given.items():
-        from_config = getattr(settings, name)
-        explicit = ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-        chosen.append(value if explicit or from_config is None else from_config)
-    return tuple(chosen)
+    parameters = {p.name: p for p in ctx.command.params}
+    chosen = dict(ctx.params)
+
+    def given_here(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    for name in ("env", "host", "port", "db", "token"):  # checked as `find_server` read them
+        value = getattr(settings, name)
+        if value is not None and not given_here(name):
+            chosen[name] = value
+    for key, value in settings.options.items():
+        parameter = parameters[_PARAMETER_OF.get(key, key)]
+        assert parameter.name is not None
+        if given_here(parameter.name):
+            continue
+        flag = bool(getattr(parameter, "is_flag", False))
+        try:
+            if flag and not isinstance(value, bool):
+                raise click.BadParameter(f"must be true or false, not {value!r}")
+            if isinstance(value, bool) and not flag:
+                raise click.BadParameter(f"{value!r} is not a valid {parameter.type.name}")
+            chosen[parameter.name] = parameter.type.convert(value, parameter, ctx)
+        except click.BadParameter as e:
+            raise ConfigError(f"{settings.instance}: `{key}`: {e.message}") from e
+    return chosen
 
 
 def _when(at: float) -> str:

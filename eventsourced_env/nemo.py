@@ -8,9 +8,12 @@ and the server's own instance name in `NEMO_GYM_CONFIG_PATH`. Each bundled envir
 a YAML (`environments/<name>/configs/<name>.yaml`) and an `app.py` that calls `main()` here.
 
 Our keys in a server's block, beside NeMo Gym's: `env` (which environment; default: the server's
-name), `db` (the SQLite event log), `token`, and `judge` (`base_url`, `model`, `api`, `api_key`,
-`timeout`, `max_retries`, `max_concurrency`; unset ones come from ESENV_JUDGE_* / OPENAI_*).
-`esenv serve --config FILE.yaml` reads the same file.
+name), `db` (the SQLite event log), `token`, `judge` (`base_url`, `model`, `api`, `api_key`,
+`timeout`, `max_retries`, `max_concurrency`; unset ones come from ESENV_JUDGE_* / OPENAI_*), and
+`esenv serve`'s other options by name (`SERVE_OPTIONS`: `cache_size`, `max_live`, `sync`…; `cli`
+checks them as it checks the command line). A key neither NeMo Gym nor we read is named in a
+warning at start, a typo being likelier than a key for someone else. `esenv serve --config
+FILE.yaml` reads the same file.
 
 Sits on top, beside `cli` (whose `serve` it runs).
 """
@@ -27,11 +30,40 @@ import yaml
 from .errors import ConfigError
 from .judge import check_settings
 
-__all__ = ["CONFIG_DICT_VAR", "CONFIG_PATH_VAR", "ServerSettings", "find_server", "main", "read_config"]
+__all__ = [
+    "CONFIG_DICT_VAR",
+    "CONFIG_PATH_VAR",
+    "NEMO_GYM_KEYS",
+    "SERVE_OPTIONS",
+    "ServerSettings",
+    "find_server",
+    "main",
+    "read_config",
+]
 
 CONFIG_DICT_VAR = "NEMO_GYM_CONFIG_DICT"
 CONFIG_PATH_VAR = "NEMO_GYM_CONFIG_PATH"
 _SERVER_TYPE = "resources_servers"
+
+#: The keys of a resources server's block that NeMo Gym itself reads or fills in (0.4.0's config
+#: models, and what every config it ships puts there): not ours, and not unknown either.
+NEMO_GYM_KEYS = frozenset(
+    {"entrypoint", "domain", "verified", "verified_url", "description", "value", "host", "port"}
+    | {"num_workers", "datasets", "name"}
+)
+#: Our keys that `find_server` reads itself.
+_SETTINGS = ("env", "host", "port", "db", "token", "judge")
+#: `esenv serve`'s other options a block may set, by the option's name with underscores.
+SERVE_OPTIONS = (
+    "max_body",
+    "cache_size",
+    "idle_ttl",
+    "max_events",
+    "max_live",
+    "snapshot_every",
+    "sync",
+    "insecure",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,10 @@ class ServerSettings:
     db: str | None = None
     token: str | None = None
     judge: dict[str, Any] = field(default_factory=dict)
+    #: `esenv serve` options set in the block (SERVE_OPTIONS), unchecked: `cli` checks them.
+    options: dict[str, Any] = field(default_factory=dict)
+    #: What the block asks that is ignored, to say at start.
+    warnings: tuple[str, ...] = ()
 
 
 def read_config(text: str) -> dict[str, Any]:
@@ -117,7 +153,25 @@ def find_server(config: Mapping[str, Any], instance: str | None = None) -> Serve
         db=block.get("db"),
         token=block.get("token"),
         judge=dict(judge),
+        options={key: block[key] for key in SERVE_OPTIONS if block.get(key) is not None},
+        warnings=_ignored(instance, block),
     )
+
+
+def _ignored(instance: str, block: Mapping[str, Any]) -> tuple[str, ...]:
+    """Warnings for what `block` asks that nothing does: keys no one reads, NeMo Gym's workers."""
+    warnings = []
+    unknown = sorted(set(map(str, block)) - NEMO_GYM_KEYS - {*_SETTINGS, *SERVE_OPTIONS})
+    if unknown:
+        ours = ", ".join((*_SETTINGS, *SERVE_OPTIONS))
+        warnings.append(
+            f"{instance}: ignoring {', '.join(map(repr, unknown))}: neither esenv nor NeMo Gym reads "
+            f"{'it' if len(unknown) == 1 else 'them'} (esenv reads {ours})"
+        )
+    workers = block.get("num_workers")
+    if isinstance(workers, int) and not isinstance(workers, bool) and workers > 1:
+        warnings.append(f"{instance}: ignoring num_workers: {workers}: one esenv process serves each server")
+    return tuple(warnings)
 
 
 def from_environment(environ: Mapping[str, str]) -> ServerSettings:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -153,6 +154,74 @@ def test_served_beside_nemo_gyms_own_environments_package(tmp_path: Path) -> Non
         assert stop(proc) == 0
 
 
+def test_serve_options_in_the_block_take_effect_and_the_command_line_wins(tmp_path: Path) -> None:
+    # Under ng_run, app.py gets no command line: the block is the only place to cap a server.
+    block, env = counter_as_ng_run_starts_it(tmp_path)
+    block.update(max_live=1, max_events=3, sync="normal")
+    env["NEMO_GYM_CONFIG_DICT"] = yaml.safe_dump(
+        {"counter_resources_server": {"resources_servers": {"counter": block}}}
+    )
+    row = {"responses_create_params": {"input": []}, "initial_count": 1}
+    proc, url = start([sys.executable, "app.py"], ENVIRONMENTS / "counter", env)
+    try:
+        first = Rollout(url)
+        first.post("/seed_session", row)
+        for _ in range(2):
+            assert first.post("/increment_counter", {"count": 1}) == {"success": True}
+        with pytest.raises(urllib.error.HTTPError) as capped:  # its fourth event
+            first.post("/increment_counter", {"count": 1})
+        assert capped.value.code == 409 and b"cap of 3 events" in capped.value.read()
+        with pytest.raises(urllib.error.HTTPError) as full:
+            Rollout(url).post("/seed_session", row)
+        assert full.value.code == 503 and b"cap of 1 live sessions" in full.value.read()
+        # At `sync: normal` SQLite's commit is all: no syncer process is started to fsync it.
+        assert Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text() == ""
+    finally:
+        assert stop(proc) == 0
+    # The same file with --max-live 2 given: the command line's value stands.
+    (tmp_path / "c.yaml").write_text(env["NEMO_GYM_CONFIG_DICT"])
+    command = [
+        sys.executable,
+        "-m",
+        "eventsourced_env",
+        "serve",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--max-live",
+        "2",
+    ]
+    proc, url = start(command, tmp_path, {})
+    try:
+        Rollout(url).post("/seed_session", row)
+        assert "session_id" in Rollout(url).post("/seed_session", row)
+    finally:
+        assert stop(proc) == 0
+
+
+def test_keys_no_one_reads_are_named_at_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in bundled():  # NeMo Gym's own keys, and ours, are no surprise
+        assert find_server(nemo_config(name)).warnings == ()
+    config = nemo_config("counter")
+    config["counter_resources_server"]["resources_servers"]["counter"].update(max_lve=4, num_workers=4)
+    warnings = find_server(config).warnings
+    assert warnings[0].startswith("counter_resources_server: ignoring 'max_lve': neither esenv nor NeMo Gym")
+    assert (
+        warnings[1]
+        == "counter_resources_server: ignoring num_workers: 4: one esenv process serves each server"
+    )
+
+
+def test_every_serve_option_can_be_set_in_the_block() -> None:
+    # A new `serve` option is either a key of the block or deliberately not one.
+    from eventsourced_env.cli import serve_command
+    from eventsourced_env.nemo import SERVE_OPTIONS
+
+    names = {p.name for p in serve_command.params} - {"config_file", "instance", "nemo_gym"}
+    judge = {n for n in names if n is not None and n.startswith("judge_")}  # the block's `judge:` sets them
+    read_by_find_server = {"env", "host", "port", "db", "token"}
+    assert names - judge - read_by_find_server == {"synchronous" if o == "sync" else o for o in SERVE_OPTIONS}
+
+
 def test_ctrl_c_of_the_runner_stops_server_and_syncer_without_a_traceback(tmp_path: Path) -> None:
     # Ctrl-C in ng_run's terminal reaches its whole process group: the runner, our server and the
     # syncer the server started. The syncer must leave its end to the server (it exits when its
@@ -254,6 +323,11 @@ def test_config_errors_are_clear(
         ),
         ("judge", {"model": ["m"], "base_url": "http://x/v1"}, "judge setting model must be a string"),
         ("judge", {"model": "m", "base_url": 123}, "judge setting base_url must be a string"),
+        ("max_live", 0, "`max_live`: 0 is not in the range x>=1"),
+        ("cache_size", True, "`cache_size`: True is not a valid integer range"),
+        ("idle_ttl", "soon", "`idle_ttl`: 'soon' is not a valid float range"),
+        ("sync", "OFF", "`sync`: 'OFF' is not one of 'full', 'normal'"),
+        ("insecure", "yes", "`insecure`: must be true or false, not 'yes'"),
     ],
 )
 def test_wrong_typed_config_values_are_one_line_at_start(
