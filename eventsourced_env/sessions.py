@@ -251,13 +251,17 @@ class Sessions:
 
     def _save_snapshot(self, session: str, folded: Folded) -> None:
         """Keep a snapshot of `folded` with the next batch. Derived data: a state JSON cannot hold
-        (an integer beyond 64 bits…) gets none, and its rebuilds fold from further back."""
+        (an integer beyond 64 bits…) gets none, and its rebuilds fold from further back. So does one
+        the store fails to keep: the call it follows is committed, and its reply must say so."""
         try:
             body = snapshot_body(folded)
         except TypeError as e:
             log.warning("no snapshot of session %s at seq %d: %s", session, folded.seq, e)
             return
-        self.store.save_snapshot(session, folded.seq, body)
+        try:
+            self.store.save_snapshot(session, folded.seq, body)
+        except Exception as e:
+            log.warning("no snapshot of session %s at seq %d: the store failed: %s", session, folded.seq, e)
 
     def _make_room(self, new: int) -> None:
         """Refuse `new` more live sessions beyond `max_live` (once the idle ones are evicted)."""

@@ -71,7 +71,12 @@ class Store(ABC):
 
     @abstractmethod
     def save_snapshot(self, session: str, seq: int, body: bytes) -> None:
-        """Keep a snapshot of the session's state after `seq` (derived data: best effort, not awaited)."""
+        """Keep a snapshot of the session's state after `seq` (derived data: best effort, not awaited).
+
+        `body` is opaque (the server's JSON); `read_for_rebuild` gives the latest back. It is called
+        after the call it follows is committed: an error it raises is logged and ignored (the call
+        is answered all the same), so a backend may as well drop a snapshot it cannot keep.
+        """
 
     @abstractmethod
     async def read_for_rebuild(self, session: str) -> tuple[list[Event], bytes | None]:

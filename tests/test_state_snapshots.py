@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from environments.counter import env as counter_env
-from eventsourced_env import LogCorrupt, SessionClosed, Sessions, SqliteStore
+from eventsourced_env import LogCorrupt, SessionClosed, Sessions, SqliteStore, StoreUnavailable
 from eventsourced_env.cli import main
 from tests.conftest import row
 from tests.envs_for_tests import tags_env
+from tests.memory_store import MemoryStore
 
 
 def stored(db: Path) -> dict[int, dict[str, object]]:
@@ -169,3 +170,23 @@ def test_a_set_in_the_state_listed_in_another_order_is_not_a_divergence(db_path:
     # A snapshot that holds another set still differs.
     rewrite(db_path, 6, state={"words": ["alpha"]})
     assert main(["replay", "--db", str(db_path), "--env", "tests.envs_for_tests:tags_env"]) == 1
+
+
+async def test_a_snapshot_the_store_fails_to_keep_does_not_fail_the_recorded_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # `save_snapshot` is best effort (derived data), but a backend's may raise (its snapshot table
+    # unreachable). The call's event is committed by then: answering it with the snapshot's error
+    # (a 503 "try again") would have the agent apply it twice.
+    class SnapshotsFail(MemoryStore):
+        def save_snapshot(self, session: str, seq: int, body: bytes) -> None:
+            raise StoreUnavailable("the snapshot table is unreachable")
+
+    store = SnapshotsFail()
+    sessions = Sessions(counter_env, store, snapshot_every=2)
+    sid = await sessions.seed(row(initial=0, expected=3))
+    for _ in range(3):
+        assert await sessions.call(sid, "increment_counter", {"count": 1}) == {"success": True}
+    assert await sessions.call(sid, "get_counter_value", {}) == {"count": 3}
+    assert [e.kind for e in store.logs[sid]].count("tool_called") == 4
+    assert "the snapshot table is unreachable" in caplog.text
