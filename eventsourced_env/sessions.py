@@ -616,6 +616,7 @@ class Sessions:
 
     async def info(self, session: str) -> SessionInfo:
         """The store's summary of one session."""
+        _known_form(session)
         info = await self.store.info(session)
         if info is None:
             raise SessionNotFound(f"unknown session {session!r}")
@@ -625,6 +626,7 @@ class Sessions:
         """The session's events (up to seq `upto`)."""
         if upto is not None and upto < 1:
             raise BadRequest(f"upto must be a seq of 1 or more, not {upto}")
+        _known_form(session)
         events = await self.store.read(session, upto)
         if not events:
             raise SessionNotFound(f"unknown session {session!r}")
@@ -643,6 +645,13 @@ class Sessions:
             raise EventNotFound(f"session {session!r} has {events[-1].seq} events, none at seq {at}")
         folded = fold(self.env, events)
         return folded.seq, folded.state.model_dump(mode="json")
+
+
+def _known_form(session: str) -> None:
+    """SessionNotFound for an id no session was ever given, without asking the store: a backend
+    need hold only ids of `SESSION_ID_PATTERN`'s form (PostgreSQL's text refuses NUL, say)."""
+    if not SESSION_ID_PATTERN.match(session):
+        raise SessionNotFound(f"unknown session {reprlib.repr(session)}")
 
 
 def _validated(tool: Any, raw: Any) -> Any:

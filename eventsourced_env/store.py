@@ -40,7 +40,11 @@ class SessionInfo:
 
 
 class Store(ABC):
-    """An append-only, per-session event log."""
+    """An append-only, per-session event log.
+
+    Session ids are 1 to 128 characters of ASCII letters, digits and `_ . : -`
+    (`sessions.SESSION_ID_PATTERN`): the server never writes, reads or asks about another.
+    """
 
     @abstractmethod
     async def append(self, session: str, events: Sequence[Event]) -> None:

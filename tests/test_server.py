@@ -9,9 +9,20 @@ from aiohttp import DummyCookieJar
 from aiohttp.test_utils import TestClient
 
 from environments.counter import env as counter_env
-from eventsourced_env import Args, Context, Environment, SqliteStore, State, Task
+from eventsourced_env import (
+    Args,
+    Context,
+    Environment,
+    Event,
+    SessionInfo,
+    SqliteStore,
+    State,
+    StoreError,
+    Task,
+)
 from eventsourced_env.server import COOKIE, HEADER, SESSIONS, create_app
 from tests.conftest import ClientFactory, row
+from tests.memory_store import MemoryStore
 
 
 class Empty(Args):
@@ -225,3 +236,38 @@ async def test_a_crashing_tool_is_500_json_and_appends_nothing(
     }
     events = await (await client.get(f"/sessions/{agent.cookie}/events")).json()
     assert [e["kind"] for e in events] == ["seeded"]
+
+
+async def test_a_session_id_no_session_can_have_is_a_404_without_asking_the_store(
+    aiohttp_client: ClientFactory,
+) -> None:
+    # Ids are 1-128 of [A-Za-z0-9_.:-]. A backend need not hold others: PostgreSQL's text refuses
+    # NUL, a VARCHAR(128) a longer one. Such a store's error (a 500) must not answer a read of one.
+    class Strict(MemoryStore):
+        def _refuse(self, session: str) -> None:
+            if "\x00" in session or len(session) > 128:
+                raise StoreError(f"cannot hold the session id {session[:20]!r}")
+
+        async def read(self, session: str, upto: int | None = None) -> list[Event]:
+            self._refuse(session)
+            return await super().read(session, upto)
+
+        async def info(self, session: str) -> SessionInfo | None:
+            self._refuse(session)
+            return await super().info(session)
+
+    store = Strict()
+    client = await aiohttp_client(create_app(counter_env, store), cookie_jar=DummyCookieJar())
+    for bad in ["%00", "a" * 129, "%C3%A9", "a%20b"]:
+        for method, path in [
+            ("GET", f"/sessions/{bad}"),
+            ("GET", f"/sessions/{bad}/events"),
+            ("GET", f"/sessions/{bad}/events?upto=1"),
+            ("GET", f"/sessions/{bad}/state?at=1"),
+            ("GET", f"/sessions/{bad}/state"),
+            ("POST", f"/sessions/{bad}/fork"),
+        ]:
+            resp = await client.request(method, path, data=b"{}")
+            assert resp.status == 404, (method, path, await resp.text())
+            assert (await resp.json())["error"] == "session_not_found"
+    assert store.asked == []
