@@ -7,7 +7,8 @@ session had when it was verified and compares the reward with the recorded one. 
 (a judge's verdict) come from the record, so neither calls anything; `reverify_log` can instead ask
 them again (`performers`: re-judging) and report old and new verdicts.
 
-Depends on `fold`, `environment` and `events`; reads logs through the `Store` interface.
+Depends on `fold`, `environment` and `events`; takes logs as `(session, events)` pairs, read from a
+Snapshot of a SQLite file or with any `Store`'s `read`.
 """
 
 from __future__ import annotations

@@ -50,13 +50,22 @@ class Store(ABC):
     async def append(self, session: str, events: Sequence[Event]) -> None:
         """Durably append `events` to `session`'s log; returns only once they are committed.
 
-        The events' seqs must be the log's next ones: a seq already taken raises `Conflict`
-        and nothing of the call is written. Faults raise `StoreUnavailable` (try later) or `StoreError`.
+        The events' seqs must be the log's next ones: a seq already taken (seq 1 of an existing
+        session too) raises `Conflict` and nothing of the call is written. Faults raise
+        `StoreUnavailable` (try later) or `StoreError`, never another exception (the server answers
+        one with a 500); an append that may have been written all the same (a commit whose outcome
+        is unknown) is a `StoreUnavailable`: a retry under the same idempotency key finds it.
+
+        A session's first append creates it: its `seeded` event (seq 1, `data["env"]` its
+        environment), or a fork's: its parent's first events copied, then its own `forked` event
+        (the fork's creation time). Keep each event's `body` and `hash`: `read` gives back events
+        equal to these (`events.decode_event(body, hash)` rebuilds one).
         """
 
     async def append_many(self, logs: Sequence[tuple[str, Sequence[Event]]]) -> None:
-        """Append to several sessions, all or nothing if the backend can (one transaction); this
-        default appends them one after the other."""
+        """Append to several sessions (the forks of one request), all or nothing if the backend can
+        (one transaction); this default appends them one after the other, so a fault part way
+        leaves the first ones written."""
         for session, events in logs:
             await self.append(session, events)
 
@@ -84,7 +93,8 @@ class Store(ABC):
 
     @abstractmethod
     async def read_for_rebuild(self, session: str) -> tuple[list[Event], bytes | None]:
-        """The latest snapshot (or None) and the events to fold with it: seq 1, then from its seq on."""
+        """The latest snapshot (or None) and the events to fold with it, in seq order: seq 1, then
+        from the snapshot's seq on (without one, the whole log); `([], None)` if unknown."""
 
     @abstractmethod
     async def info(self, session: str) -> SessionInfo | None:
@@ -92,7 +102,8 @@ class Store(ABC):
 
     @abstractmethod
     async def sessions(self, env: str | None = None, limit: int = 1000, offset: int = 0) -> list[SessionInfo]:
-        """Sessions in creation order, optionally of one environment, paged."""
+        """Sessions in creation order (`SessionInfo.created_at`: a fork's is its `forked` event's
+        time), optionally of one environment, paged."""
 
     @abstractmethod
     async def close(self) -> None:
