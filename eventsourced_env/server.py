@@ -250,7 +250,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit, offset = 1000 if limit is None else limit, 0 if offset is None else offset
     if limit < 1 or offset < 0:
         raise BadRequest(f"limit must be 1 or more and offset 0 or more, not {limit} and {offset}")
-    infos = await request.app[SESSIONS].store.sessions(request.query.get("env"), limit, offset)
+    env = request.query.get("env") or None  # `?env=`, empty: no filter, whatever the backend
+    infos = await request.app[SESSIONS].store.sessions(env, limit, offset)
     return _json([info.to_json() for info in infos])
 
 

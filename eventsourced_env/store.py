@@ -103,7 +103,7 @@ class Store(ABC):
     @abstractmethod
     async def sessions(self, env: str | None = None, limit: int = 1000, offset: int = 0) -> list[SessionInfo]:
         """Sessions in creation order (`SessionInfo.created_at`: a fork's is its `forked` event's
-        time), optionally of one environment, paged."""
+        time), optionally of one environment (None: all; never ""), paged."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -196,3 +196,16 @@ async def test_the_server_runs_on_a_store_written_from_the_interface(aiohttp_cli
     await client.close()
     await asyncio.sleep(0)
     assert store.closed
+
+
+async def test_an_empty_env_filter_lists_every_session_on_every_backend(
+    backend: Store, aiohttp_client: ClientFactory
+) -> None:
+    # `GET /sessions?env=` (a form's empty field): SQLite's store read "" as no filter, a backend
+    # taking `env` as the docstring says ("optionally of one environment") as an env named "".
+    client = await aiohttp_client(create_app(counter_env, backend), cookie_jar=DummyCookieJar())
+    await client.post("/seed_session", data=orjson.dumps(row()))
+    for query in ("", "?env=", "?env=counter"):
+        resp = await client.get("/sessions" + query)
+        assert resp.status == 200
+        assert len(await resp.json()) == 1, query
