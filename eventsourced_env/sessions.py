@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import re
@@ -23,7 +24,7 @@ import reprlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -195,6 +196,8 @@ class Sessions:
         self._clock = clock
         self._cache: OrderedDict[str, Folded] = OrderedDict()
         self._locks: dict[str, _SessionLock] = {}
+        #: Sessions admitted under `max_live` whose first events are being written (not cached yet).
+        self._starting = 0
         #: Who performs each kind of external effect (e.g. "judge": a judge client), for effectful envs.
         self.performers: Mapping[str, Performer] = performers or {}
         # Two pools, so that tool calls never queue behind verifications waiting on a slow judge;
@@ -263,16 +266,24 @@ class Sessions:
         except Exception as e:
             log.warning("no snapshot of session %s at seq %d: the store failed: %s", session, folded.seq, e)
 
-    def _make_room(self, new: int) -> None:
-        """Refuse `new` more live sessions beyond `max_live` (once the idle ones are evicted)."""
-        if self.max_live is None or len(self._cache) + new <= self.max_live:
-            return
-        self.evict_idle()
-        if len(self._cache) + new > self.max_live:
-            raise TooManySessions(
-                f"the server holds {len(self._cache)} of its cap of {self.max_live} live sessions; "
-                f"{new} more would exceed it; retry later"
-            )
+    @contextlib.contextmanager
+    def _room(self, new: int) -> Iterator[None]:
+        """Admit `new` more live sessions, or refuse them beyond `max_live` (once the idle ones are
+        evicted). The slots stay taken while the block writes their first events, so that sessions
+        started concurrently (a batch of rollouts seeding at once) count each other."""
+        if self.max_live is not None and len(self._cache) + self._starting + new > self.max_live:
+            self.evict_idle()
+            held = len(self._cache) + self._starting
+            if held + new > self.max_live:
+                raise TooManySessions(
+                    f"the server holds {held} of its cap of {self.max_live} live sessions; "
+                    f"{new} more would exceed it; retry later"
+                )
+        self._starting += new
+        try:
+            yield
+        finally:
+            self._starting -= new
 
     def evict_idle(self) -> int:
         """Drop from memory the sessions unused for longer than `idle_ttl` (their logs stay); how many."""
@@ -380,13 +391,13 @@ class Sessions:
                     if existing[0].data.get("row") == row:
                         return session  # a retry: nothing new is held in memory, so no cap applies
                     raise Conflict(f"session {session!r} was already seeded with a different row")
-            self._make_room(1)
-            at = self._clock()
-            state = self._start(task, seed, at)
-            data = {"env": self.env.name, "env_version": self.env.version, "seed": seed, "row": row}
-            event = make_event("", 1, SEEDED, at, data)
-            await self.store.append(session, [event])
-            self._remember(session, Folded(self.env, task, seed, state, 1, event.hash, used=at))
+            with self._room(1):
+                at = self._clock()
+                state = self._start(task, seed, at)
+                data = {"env": self.env.name, "env_version": self.env.version, "seed": seed, "row": row}
+                event = make_event("", 1, SEEDED, at, data)
+                await self.store.append(session, [event])
+                self._remember(session, Folded(self.env, task, seed, state, 1, event.hash, used=at))
         return session
 
     async def _refuse_inside(self, carried: str, what: str) -> None:
@@ -533,22 +544,29 @@ class Sessions:
         if any(e.kind == CLOSED for e in events):
             raise Conflict(f"session {parent!r} is closed by seq {last}; fork it before its close")
         base = fold(self.env, events)
-        self._make_room(count)
-        made = []
-        for _ in range(count):
-            forked = make_event(
-                events[-1].hash, last + 1, FORKED, self._clock(), {"parent": parent, "at": last}
-            )
-            made.append((_new_session_id(), forked))
-        # All or nothing: a fork that fails part way (a full disk) leaves no session nobody was told of.
-        await self.store.append_many([(session, [*events, forked]) for session, forked in made])
-        for session, forked in made:
-            # As a rebuild from its log would have it: the parent's state and idempotency keys.
-            keys = dict(base.keys)
-            folded = Folded(
-                self.env, base.task, base.seed, base.state, forked.seq, forked.hash, keys=keys, used=forked.at
-            )
-            self._remember(session, folded)
+        with self._room(count):
+            made = []
+            for _ in range(count):
+                forked = make_event(
+                    events[-1].hash, last + 1, FORKED, self._clock(), {"parent": parent, "at": last}
+                )
+                made.append((_new_session_id(), forked))
+            # All or nothing: a fork that fails part way (a full disk) leaves no session nobody was told of.
+            await self.store.append_many([(session, [*events, forked]) for session, forked in made])
+            for session, forked in made:
+                # As a rebuild from its log would have it: the parent's state and idempotency keys.
+                keys = dict(base.keys)
+                folded = Folded(
+                    self.env,
+                    base.task,
+                    base.seed,
+                    base.state,
+                    forked.seq,
+                    forked.hash,
+                    keys=keys,
+                    used=forked.at,
+                )
+                self._remember(session, folded)
         return [session for session, _ in made]
 
     def verify_stateless(self, body: dict[str, Any]) -> tuple[VerifyResult, dict[str, Any]]:

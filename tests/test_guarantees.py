@@ -197,6 +197,24 @@ async def test_caps_on_events_and_live_sessions(store: SqliteStore) -> None:
     assert sessions.live == 1
 
 
+async def test_the_live_sessions_cap_holds_for_sessions_started_at_once(store: SqliteStore) -> None:
+    # Each seed checked the cap, then awaited its append: seeds arriving together (a batch of
+    # rollouts starting) all passed the check before any was counted, 50 sessions under a cap of 5.
+    sessions = Sessions(counter_env, store, max_live=3)
+    seeds = await asyncio.gather(*(sessions.seed(row()) for _ in range(10)), return_exceptions=True)
+    assert sum(isinstance(s, str) for s in seeds) == 3
+    assert all(isinstance(s, TooManySessions) for s in seeds if not isinstance(s, str))
+    assert sessions.live == 3
+    # Forks count the same way, and a refused one gives its slots back.
+    sessions = Sessions(counter_env, store, max_live=4)
+    parent = seeds[0]
+    assert isinstance(parent, str)
+    forks = await asyncio.gather(*(sessions.fork(parent, count=2) for _ in range(3)), return_exceptions=True)
+    assert sum(isinstance(f, list) for f in forks) == 2
+    assert sum(isinstance(f, TooManySessions) for f in forks) == 1
+    assert sessions.live == 4
+
+
 async def test_a_retried_seed_of_a_live_session_is_answered_at_the_cap(store: SqliteStore) -> None:
     # Its session is live already: the retry (a reply lost) adds nothing, so the cap does not refuse it.
     sessions = Sessions(counter_env, store, max_live=1)
