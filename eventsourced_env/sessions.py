@@ -254,11 +254,12 @@ class Sessions:
 
     def _save_snapshot(self, session: str, folded: Folded) -> None:
         """Keep a snapshot of `folded` with the next batch. Derived data: a state JSON cannot hold
-        (an integer beyond 64 bits…) gets none, and its rebuilds fold from further back. So does one
-        the store fails to keep: the call it follows is committed, and its reply must say so."""
+        (an integer beyond 64 bits, bytes that are not UTF-8…) gets none, and its rebuilds fold
+        from further back. So does one the store fails to keep. Its call is recorded and applied
+        already: it must be answered."""
         try:
             body = snapshot_body(folded)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # orjson's TypeError; pydantic's serialization errors
             log.warning("no snapshot of session %s at seq %d: %s", session, folded.seq, e)
             return
         try:

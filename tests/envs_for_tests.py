@@ -120,3 +120,30 @@ def send(state: Tags, args: Send, ctx: Context) -> tuple[Tags, Any]:
 
 
 mail_env.verifier(lambda state, task, response: float(len(state.words)))
+
+
+class Blob(State):
+    """Raw bytes: JSON cannot hold them unless they are UTF-8, so such a state has no JSON form."""
+
+    data: bytes = b""
+
+
+class Byte(Args):
+    """Arguments of `put`."""
+
+    byte: int = Field(ge=0, le=255)
+
+
+#: Keeps raw bytes in its state: a state the server cannot write down as a snapshot.
+blob_env: Environment[Task, Blob] = Environment("blob", version="1", task=Task)
+blob_env.initial(lambda task, ctx: Blob())
+
+
+@blob_env.tool
+def put(state: Blob, args: Byte, ctx: Context) -> tuple[Blob, Any]:
+    """Append one byte."""
+    data = state.data + bytes([args.byte])
+    return Blob(data=data), {"length": len(data)}
+
+
+blob_env.verifier(lambda state, task, response: float(len(state.data)))
