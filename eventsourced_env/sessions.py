@@ -276,9 +276,18 @@ class Sessions:
             self.evict_idle()
             held = len(self._cache) + self._starting
             if held + new > self.max_live:
+                if self.idle_ttl is not None:
+                    leave = f"sessions unused for {self.idle_ttl:g} s leave memory, as closed ones do"
+                else:
+                    # Without an idle TTL, a session nobody closes (NeMo Gym's agent closes none)
+                    # keeps its slot: "retry later" would never be answered.
+                    leave = (
+                        "only closed sessions (POST /close_session) leave memory: this server has no "
+                        "--idle-ttl, so a session never closed keeps its slot until the server restarts"
+                    )
                 raise TooManySessions(
                     f"the server holds {held} of its cap of {self.max_live} live sessions; "
-                    f"{new} more would exceed it; retry later"
+                    f"{new} more would exceed it; retry later ({leave})"
                 )
         self._starting += new
         try:

@@ -190,7 +190,7 @@ async def test_caps_on_events_and_live_sessions(store: SqliteStore) -> None:
         await sessions.call(a, "increment_counter", {"count": 1})
     assert (await sessions.verify(a, {})).reward == 1.0  # verifying a full session still works
     await sessions.seed(row())
-    with pytest.raises(TooManySessions, match="cap of 2 live sessions"):
+    with pytest.raises(TooManySessions, match=r"cap of 2 live sessions.*unused for 10 s leave memory"):
         await sessions.seed(row())
     clock.now += 11
     await sessions.seed(row())  # the idle ones made room
@@ -213,6 +213,21 @@ async def test_the_live_sessions_cap_holds_for_sessions_started_at_once(store: S
     assert sum(isinstance(f, list) for f in forks) == 2
     assert sum(isinstance(f, TooManySessions) for f in forks) == 1
     assert sessions.live == 4
+
+
+async def test_the_live_sessions_cap_without_an_idle_ttl_says_only_closing_makes_room(
+    store: SqliteStore,
+) -> None:
+    # Without --idle-ttl, a session nobody closes (NeMo Gym's agent closes none) never leaves memory
+    # (short of --cache-size): the 503 said "retry later" to a training run that would retry forever.
+    sessions = Sessions(counter_env, store, max_live=1)
+    done = await sessions.seed(row())
+    await sessions.verify(done, {})
+    for _ in range(2):
+        with pytest.raises(TooManySessions, match=r"retry later \(only closed sessions .* no --idle-ttl"):
+            await sessions.seed(row())
+    await sessions.close(done)
+    await sessions.seed(row())
 
 
 async def test_a_retried_seed_of_a_live_session_is_answered_at_the_cap(store: SqliteStore) -> None:
