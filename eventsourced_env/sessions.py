@@ -463,11 +463,13 @@ class Sessions:
             await self._append(session, folded, event)
             if key is not None:
                 folded.keys[key] = (event.kind, data)
-            if result.error is not None:
-                raise result.error
-            folded.state = result.state
+            if result.error is None:
+                folded.state = result.state
+            # Whatever the event's kind (a refused call too): else a rebuild could fold past N.
             if self.snapshot_every and folded.seq % self.snapshot_every == 0:
                 self._save_snapshot(session, folded)
+            if result.error is not None:
+                raise result.error
             return data["observation"]
 
     def _recorded(self, folded: Folded, key: str, tool_name: str, raw: Any) -> Any:
@@ -515,6 +517,8 @@ class Sessions:
                 data["failure"] = result.failure
             event = make_event(folded.hash, seq, VERIFIED, at, data)
             await self._append(session, folded, event)
+            if self.snapshot_every and folded.seq % self.snapshot_every == 0:
+                self._save_snapshot(session, folded)
             return result
 
     async def close(self, session: str | None) -> bool:

@@ -10,7 +10,14 @@ import orjson
 import pytest
 
 from environments.counter import env as counter_env
-from eventsourced_env import LogCorrupt, SessionClosed, Sessions, SqliteStore, StoreUnavailable
+from eventsourced_env import (
+    ArgumentsInvalid,
+    LogCorrupt,
+    SessionClosed,
+    Sessions,
+    SqliteStore,
+    StoreUnavailable,
+)
 from eventsourced_env.cli import main
 from tests.conftest import row
 from tests.envs_for_tests import blob_env, tags_env
@@ -212,3 +219,31 @@ def test_a_state_json_cannot_hold_gets_no_snapshot_and_its_calls_are_answered(db
 
     asyncio.run(go())
     assert stored(db_path) == {}
+
+
+def test_a_snapshot_is_kept_at_every_nth_event_whatever_its_kind(db_path: Path) -> None:
+    # Only accepted calls were snapshotted: a rejected call or a verification at seq N, 2N…
+    # skipped that snapshot, and a rollout whose every Nth event was one got none at all, so its
+    # rebuild folded the whole log (--snapshot-every promises at most N events).
+    async def go() -> None:
+        store = SqliteStore(db_path)
+        sessions = Sessions(counter_env, store, snapshot_every=3)
+        sid = await sessions.seed(row(initial=0, expected=5))
+
+        async def bad() -> None:
+            with pytest.raises(ArgumentsInvalid):
+                await sessions.call(sid, "increment_counter", {"count": "one"})
+
+        async def good() -> None:
+            await sessions.call(sid, "increment_counter", {"count": 1})
+
+        for call in (good, bad, good, good, bad, good, good):  # seq 2 to 8: refused at 3 and 6
+            await call()
+        assert (await sessions.verify(sid, {})).reward == 1.0  # seq 9
+        await store.close()
+
+    asyncio.run(go())
+    snaps = stored(db_path)
+    assert sorted(snaps) == [3, 6, 9]
+    assert [snaps[seq]["state"] for seq in (3, 6, 9)] == [{"count": 1}, {"count": 3}, {"count": 5}]
+    assert main(["replay", "--db", str(db_path)]) == 0
