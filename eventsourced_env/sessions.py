@@ -581,6 +581,10 @@ class Sessions:
                     used=forked.at,
                 )
                 self._remember(session, folded)
+                if self.snapshot_every and forked.seq > self.snapshot_every:
+                    # Its log starts with the parent's (whose snapshots are the parent's): without
+                    # one of its own, its cold rebuild would fold all of them.
+                    self._save_snapshot(session, folded)
         return [session for session, _ in made]
 
     def verify_stateless(self, body: dict[str, Any]) -> tuple[VerifyResult, dict[str, Any]]:

@@ -247,3 +247,27 @@ def test_a_snapshot_is_kept_at_every_nth_event_whatever_its_kind(db_path: Path) 
     assert sorted(snaps) == [3, 6, 9]
     assert [snaps[seq]["state"] for seq in (3, 6, 9)] == [{"count": 1}, {"count": 3}, {"count": 5}]
     assert main(["replay", "--db", str(db_path)]) == 0
+
+
+def test_a_fork_of_a_long_session_starts_with_a_snapshot(db_path: Path) -> None:
+    # A fork's log is its parent's first k events, and snapshots are kept per session: a fork at
+    # seq 9 of a session snapshotted every 3 events had none until its own 12th event, so its cold
+    # rebuild folded all 10 events (the parent's snapshots do not count for it).
+    async def go() -> tuple[str, list[str]]:
+        store = SqliteStore(db_path)
+        sessions = Sessions(counter_env, store, snapshot_every=3)
+        sid = await sessions.seed(row(initial=0, expected=10))
+        for _ in range(10):
+            await sessions.call(sid, "increment_counter", {"count": 1}, key=f"k{_}")
+        forks = await sessions.fork(sid, at=9, count=2)
+        short = await sessions.fork(sid, at=2)
+        await store.close()
+        return sid, [*forks, *short]
+
+    sid, (one, two, _short) = asyncio.run(go())
+    conn = sqlite3.connect(db_path)
+    snaps = dict(conn.execute("SELECT session, max(seq) FROM snapshots GROUP BY session"))
+    conn.close()
+    assert snaps == {sid: 9, one: 10, two: 10}  # a fork of 3 events or fewer needs none
+    assert main(["replay", "--db", str(db_path)]) == 0
+    assert count_after_restart(db_path, one) == {"count": 8}  # resumed from it
