@@ -24,7 +24,7 @@ import reprlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -66,6 +66,9 @@ MAX_FORKS = 100
 EFFECT_THREADS = 32
 #: The header that may carry the session instead of the cookie (the server reads and echoes it).
 SESSION_HEADER = "X-Session-Id"
+#: How many times a call is applied, at most, while other servers sharing the store append to its
+#: session first (each time on their latest events); then the call is a 409.
+STALE_TRIES = 3
 _NO_SESSION = (
     "no session: POST /seed_session first; the session travels in the cookie "
     f"(or {SESSION_HEADER} header) it sets"
@@ -120,6 +123,10 @@ def _new_session_id() -> str:
     more CPU per call once the log held 50,000 events, and more as it grew).
     """
     return f"{time.time_ns() // 1_000_000:011x}{secrets.token_urlsafe(16)}"
+
+
+class _Stale(Conflict):
+    """The store has an event at the seq this server appended at: its fold of the session is stale."""
 
 
 class _SessionLock:
@@ -315,13 +322,36 @@ class Sessions:
         """How many sessions are folded in memory now."""
         return len(self._cache)
 
+    async def _on_latest(self, session: str, apply: Callable[[Folded], Awaitable[R]]) -> R:
+        """`apply` to the session as its log has it, under the session's lock.
+
+        Optimistic concurrency: should another server sharing the store have appended to the session
+        since this one folded it (the store refuses the seq: `_Stale`), its events are folded in
+        and `apply` runs again on the new state, up to `STALE_TRIES` times in all (then a 409).
+        """
+        async with self._lock(session):
+            tries = 1
+            while True:
+                folded = await self._load(session)
+                try:
+                    return await apply(folded)
+                except _Stale:
+                    if tries == STALE_TRIES:
+                        raise
+                    tries += 1
+
     async def _append(self, session: str, folded: Folded, event: Event) -> None:
-        """Commit `event` durably, then advance `folded` past it (the caller applies the state)."""
+        """Commit `event` durably, then advance `folded` past it (the caller applies the state).
+
+        `_Stale` if the log has an event at its seq already: another server appended to the session.
+        """
         try:
             await self.store.append(session, [event])
-        except BaseException:
+        except BaseException as e:
             # Whatever happened, the log is the truth: rebuild from it on the next call.
             self._cache.pop(session, None)
+            if isinstance(e, Conflict):
+                raise _Stale(e.detail) from e
             raise
         folded.seq = event.seq
         folded.hash = event.hash
@@ -437,40 +467,42 @@ class Sessions:
         """
         if session is None:
             raise SessionNotFound(_NO_SESSION)
-        async with self._lock(session):
-            folded = await self._load(session)
-            if key is not None and key in folded.keys:
-                # A retry: its first answer may have been a 503 (committed, fsync not known done),
-                # so it is answered only once the log is on the disk.
-                await self.store.sync()
-                return self._recorded(folded, key, tool_name, raw)
-            if folded.closed:
-                raise SessionClosed(f"session {session!r} is closed; seed a new one")
-            if self.max_events is not None and folded.seq >= self.max_events:
-                raise SessionLimit(
-                    f"session {session!r} has reached the cap of {self.max_events} events; verify or close it"
-                )
-            seq, at = folded.seq + 1, self._clock()
-            if self._executor is None:
-                result = attempt(self.env, folded.state, folded.seed, seq, at, tool_name, raw)
-            else:
-                effects = Effects.live(self.performers)
-                result = await self.offload(
-                    attempt, self.env, folded.state, folded.seed, seq, at, tool_name, raw, effects
-                )
-            event, result = _recorded_as(folded.hash, seq, at, tool_name, raw, result, folded.state, key)
-            data = event.data
-            await self._append(session, folded, event)
-            if key is not None:
-                folded.keys[key] = (event.kind, data)
-            if result.error is None:
-                folded.state = result.state
-            # Whatever the event's kind (a refused call too): else a rebuild could fold past N.
-            if self.snapshot_every and folded.seq % self.snapshot_every == 0:
-                self._save_snapshot(session, folded)
-            if result.error is not None:
-                raise result.error
-            return data["observation"]
+        return await self._on_latest(session, lambda folded: self._call(session, folded, tool_name, raw, key))
+
+    async def _call(self, session: str, folded: Folded, tool_name: str, raw: Any, key: str | None) -> Any:
+        """`call` on the session as folded."""
+        if key is not None and key in folded.keys:
+            # A retry: its first answer may have been a 503 (committed, fsync not known done),
+            # so it is answered only once the log is on the disk.
+            await self.store.sync()
+            return self._recorded(folded, key, tool_name, raw)
+        if folded.closed:
+            raise SessionClosed(f"session {session!r} is closed; seed a new one")
+        if self.max_events is not None and folded.seq >= self.max_events:
+            raise SessionLimit(
+                f"session {session!r} has reached the cap of {self.max_events} events; verify or close it"
+            )
+        seq, at = folded.seq + 1, self._clock()
+        if self._executor is None:
+            result = attempt(self.env, folded.state, folded.seed, seq, at, tool_name, raw)
+        else:
+            effects = Effects.live(self.performers)
+            result = await self.offload(
+                attempt, self.env, folded.state, folded.seed, seq, at, tool_name, raw, effects
+            )
+        event, result = _recorded_as(folded.hash, seq, at, tool_name, raw, result, folded.state, key)
+        data = event.data
+        await self._append(session, folded, event)
+        if key is not None:
+            folded.keys[key] = (event.kind, data)
+        if result.error is None:
+            folded.state = result.state
+        # Whatever the event's kind (a refused call too): else a rebuild could fold past N.
+        if self.snapshot_every and folded.seq % self.snapshot_every == 0:
+            self._save_snapshot(session, folded)
+        if result.error is not None:
+            raise result.error
+        return data["observation"]
 
     def _recorded(self, folded: Folded, key: str, tool_name: str, raw: Any) -> Any:
         """The outcome recorded under an idempotency key, for a retry of the same call."""
@@ -492,41 +524,41 @@ class Sessions:
         """Run the verifier on the session's state and record the result."""
         if session is None:
             raise SessionNotFound(_NO_SESSION)
-        async with self._lock(session):
-            folded = await self._load(session)
-            if folded.closed:
-                raise SessionClosed(f"session {session!r} is closed; it can no longer be verified live")
-            seq, at = folded.seq + 1, self._clock()
-            if self._executor is None:
-                effects = None
-                result = self._score(folded.state, folded.task, response, Context(folded.seed, seq, at))
-            else:
-                effects = Effects.live(self.performers)
-                ctx = Context(folded.seed, seq, at, effects)
-                result = await self.offload(
-                    self._score, folded.state, folded.task, response, ctx, scoring=True
-                )
-            data = {
-                **result.model_dump(mode="json"),
-                "verifier_version": self.env.verifier_version,
-                "response": response,
-            }
-            if effects is not None and effects.record:
-                data["effects"] = effects.record
-            if result.failure is not None:
-                data["failure"] = result.failure
-            event = make_event(folded.hash, seq, VERIFIED, at, data)
-            await self._append(session, folded, event)
-            if self.snapshot_every and folded.seq % self.snapshot_every == 0:
-                self._save_snapshot(session, folded)
-            return result
+        return await self._on_latest(session, lambda folded: self._verify(session, folded, response))
+
+    async def _verify(self, session: str, folded: Folded, response: Any) -> VerifyResult:
+        """`verify` on the session as folded."""
+        if folded.closed:
+            raise SessionClosed(f"session {session!r} is closed; it can no longer be verified live")
+        seq, at = folded.seq + 1, self._clock()
+        if self._executor is None:
+            effects = None
+            result = self._score(folded.state, folded.task, response, Context(folded.seed, seq, at))
+        else:
+            effects = Effects.live(self.performers)
+            ctx = Context(folded.seed, seq, at, effects)
+            result = await self.offload(self._score, folded.state, folded.task, response, ctx, scoring=True)
+        data = {
+            **result.model_dump(mode="json"),
+            "verifier_version": self.env.verifier_version,
+            "response": response,
+        }
+        if effects is not None and effects.record:
+            data["effects"] = effects.record
+        if result.failure is not None:
+            data["failure"] = result.failure
+        event = make_event(folded.hash, seq, VERIFIED, at, data)
+        await self._append(session, folded, event)
+        if self.snapshot_every and folded.seq % self.snapshot_every == 0:
+            self._save_snapshot(session, folded)
+        return result
 
     async def close(self, session: str | None) -> bool:
         """Close a session (no more calls); False if it was closed already. Its log stays."""
         if session is None:
             raise SessionNotFound(_NO_SESSION)
-        async with self._lock(session):
-            folded = await self._load(session)
+
+        async def close(folded: Folded) -> bool:
             if folded.closed:
                 return False
             await self._append(
@@ -535,6 +567,8 @@ class Sessions:
             folded.closed = True
             self._cache.pop(session, None)
             return True
+
+        return await self._on_latest(session, close)
 
     async def fork(
         self, parent: str, at: int | None = None, count: int = 1, carried: str | None = None

@@ -4,6 +4,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from eventsourced_env import (
     sqlite_store,
 )
 from eventsourced_env.events import Event, first_broken_link
+from eventsourced_env.sessions import STALE_TRIES
 from tests.conftest import row
 from tests.envs_for_tests import lenient_env, seeded_env
 
@@ -266,3 +268,54 @@ async def test_a_retry_of_a_call_not_known_durable_waits_for_an_fsync(
         assert [e.seq for e in await store.read(sid)] == [1, 2]  # applied once
     finally:
         await store.close()
+
+
+async def test_a_server_whose_fold_is_stale_folds_the_other_servers_calls_in_and_applies_its_own(
+    db_path: Path, counter: Environment[Any, Any]
+) -> None:
+    # Two servers sharing one log (DESIGN: "optimistic concurrency: a conflict reloads and retries").
+    # B folded the session, then A appended to it: B's next append is at a seq the log has. B now
+    # folds A's events in and applies its call on that state, where it answered a 409 before.
+    a_store, b_store = SqliteStore(db_path), SqliteStore(db_path)
+    try:
+        a, b = Sessions(counter, a_store), Sessions(counter, b_store)
+        sid = await a.seed(row(initial=0, expected=3))
+        assert await b.call(sid, "get_counter_value", {}) == {"count": 0}  # B has it folded
+        assert await a.call(sid, "increment_counter", {"count": 1}) == {"success": True}
+        assert await b.call(sid, "increment_counter", {"count": 2}, key="k") == {"success": True}
+        assert await b.call(sid, "get_counter_value", {}) == {"count": 3}
+        assert await a.call(sid, "increment_counter", {"count": 2}, key="k") == {
+            "success": True
+        }  # B's, by key
+        assert (await a.verify(sid, {"output": []})).reward == 1.0  # A's fold is stale now: it catches up
+        assert await b.close(sid) is True  # so is B's
+        events = await a_store.read(sid)
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6, 7]
+        assert first_broken_link(events) is None
+        assert fold(counter, events).state == (await a._load(sid)).state
+    finally:
+        await a_store.close()
+        await b_store.close()
+
+
+async def test_a_call_that_keeps_losing_the_race_is_a_409_after_its_tries(
+    store: SqliteStore, counter: Environment[Any, Any]
+) -> None:
+    class AlwaysTaken(SqliteStore):
+        appends = 0
+
+        async def append(self, session: str, events: Sequence[Event]) -> None:
+            if events[0].seq > 1:
+                self.appends += 1
+                raise Conflict(f"session {session!r}: an event with that seq is already in the log")
+            await super().append(session, events)
+
+    taken = AlwaysTaken(store.path)
+    try:
+        sessions = Sessions(counter, taken)
+        sid = await sessions.seed(row())
+        with pytest.raises(Conflict, match="already in the log"):
+            await sessions.call(sid, "increment_counter", {"count": 1})
+        assert taken.appends == STALE_TRIES
+    finally:
+        await taken.close()
