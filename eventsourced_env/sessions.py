@@ -279,6 +279,10 @@ class Sessions:
         """Admit `new` more live sessions, or refuse them beyond `max_live` (once the idle ones are
         evicted). The slots stay taken while the block writes their first events, so that sessions
         started concurrently (a batch of rollouts seeding at once) count each other."""
+        if self.max_live is not None and new > self.max_live:  # a 503 "retry later" would never pass
+            raise InvalidRequest(
+                f"{new} sessions at once exceed this server's cap of {self.max_live} live sessions"
+            )
         if self.max_live is not None and len(self._cache) + self._starting + new > self.max_live:
             self.evict_idle()
             held = len(self._cache) + self._starting

@@ -14,7 +14,14 @@ from aiohttp.test_utils import TestClient
 from environments.counter import env as counter_env
 from eventsourced_env import Sessions, SqliteStore
 from eventsourced_env.cli import main
-from eventsourced_env.errors import ConfigError, Conflict, SessionClosed, SessionLimit, TooManySessions
+from eventsourced_env.errors import (
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    SessionClosed,
+    SessionLimit,
+    TooManySessions,
+)
 from eventsourced_env.replay import check_log
 from eventsourced_env.server import HEADER, IDEMPOTENCY_HEADER, SESSIONS, check_exposure, create_app
 from tests.conftest import ClientFactory, row
@@ -213,6 +220,9 @@ async def test_the_live_sessions_cap_holds_for_sessions_started_at_once(store: S
     assert sum(isinstance(f, list) for f in forks) == 2
     assert sum(isinstance(f, TooManySessions) for f in forks) == 1
     assert sessions.live == 4
+    # More forks at once than the cap allows in all is no 503 "retry later": no retry would pass.
+    with pytest.raises(InvalidRequest, match="5 sessions at once exceed this server's cap of 4"):
+        await Sessions(counter_env, store, max_live=4).fork(parent, count=5)
 
 
 async def test_the_live_sessions_cap_without_an_idle_ttl_says_only_closing_makes_room(
