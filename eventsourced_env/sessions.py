@@ -710,15 +710,24 @@ class Sessions:
         """The session's state after event `at` (the latest if None), as (seq, JSON state)."""
         if at is None:
             async with self._lock(session):  # a rebuild must not race a call's update of the cache
-                folded = await self._load(session)
-                return folded.seq, folded.state.model_dump(mode="json")
+                return _as_json(session, await self._load(session))
         if at < 1:
             raise BadRequest(f"at must be a seq of 1 or more, not {at}")
         events = await self.events(session, at)
         if events[-1].seq < at:
             raise EventNotFound(f"session {session!r} has {events[-1].seq} events, none at seq {at}")
-        folded = fold(self.env, events)
+        return _as_json(session, fold(self.env, events))
+
+
+def _as_json(session: str, folded: Folded) -> tuple[int, dict[str, Any]]:
+    """(seq, the state as JSON); a state with no JSON form (bytes that are not UTF-8…) is the
+    environment's bug, a `ToolFailed` naming it, not an unexpected error."""
+    try:
         return folded.seq, folded.state.model_dump(mode="json")
+    except ValueError as e:  # pydantic's serialization errors
+        raise ToolFailed(
+            f"session {session!r}: the state of {folded.env.name!r} at seq {folded.seq} has no JSON form: {e}"
+        ) from e
 
 
 def _known_form(session: str) -> None:

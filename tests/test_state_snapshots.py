@@ -17,6 +17,7 @@ from eventsourced_env import (
     Sessions,
     SqliteStore,
     StoreUnavailable,
+    ToolFailed,
 )
 from eventsourced_env.cli import main
 from tests.conftest import row
@@ -215,6 +216,14 @@ def test_a_state_json_cannot_hold_gets_no_snapshot_and_its_calls_are_answered(db
         store = SqliteStore(db_path)
         sessions = Sessions(blob_env, store, snapshot_every=2)
         assert await sessions.call(sid, "put", {"byte": 0}) == {"length": 5}  # rebuilt from the log
+        await store.close()
+
+        # Nor can it be shown: a clear tool_failed naming the environment, not an internal error.
+        store = SqliteStore(db_path)
+        sessions = Sessions(blob_env, store, snapshot_every=2)
+        for at in (None, 3):
+            with pytest.raises(ToolFailed, match=f"the state of 'blob' at seq {at or 6} has no JSON form"):
+                await sessions.state_at(sid, at)
         await store.close()
 
     asyncio.run(go())
