@@ -26,7 +26,7 @@ import orjson
 
 from .errors import ConfigError, StoreUnavailable
 from .events import CLOSED, FORKED, SEEDED, TOOL_CALLED, TOOL_REJECTED, VERIFIED, Event
-from .sqlite_store import SqliteStore
+from .sqlite_store import SqliteStore, table_columns
 from .store import SessionInfo
 
 __all__ = [
@@ -213,6 +213,11 @@ class Snapshot:
             # The first read pins the WAL snapshot; every later read in this transaction sees it.
             self._conn.execute("SELECT count(*) FROM events WHERE session = ''").fetchone()
             self._conn.execute("SELECT count(*) FROM sessions WHERE id = ''").fetchone()
+            # An `events` or `sessions` table of another program's (other columns) is no log either.
+            table_columns(self._conn, str(db))
+        except ConfigError:
+            self._conn.close()
+            raise
         except sqlite3.Error as e:
             self._conn.close()
             if isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in _REFUSED):

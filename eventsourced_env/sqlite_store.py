@@ -63,7 +63,7 @@ from .errors import ConfigError, Conflict, EnvError, LogCorrupt, StoreError, Sto
 from .events import FORKED, SEEDED, Event, decode_event
 from .store import SessionInfo, Store
 
-__all__ = ["INSERT_EVENT", "SCHEMA", "SQLITE_FILES", "SqliteStore"]
+__all__ = ["INSERT_EVENT", "SCHEMA", "SQLITE_FILES", "SqliteStore", "table_columns"]
 
 R = TypeVar("R")
 
@@ -172,6 +172,21 @@ _FSYNC_FAILED = (
 )
 
 
+def table_columns(conn: sqlite3.Connection, path: str) -> dict[str, set[str]]:
+    """The columns each of the log's tables has (none: the table is not there). A table of ours
+    with other columns is another program's: ConfigError, the file is not an event log."""
+    columns: dict[str, set[str]] = {}
+    for table, needed in _COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if have and not needed <= have:
+            raise ConfigError(
+                f"{path!r} is not an event log: its table {table!r} has columns "
+                f"{', '.join(sorted(have))}, not {', '.join(sorted(needed))}"
+            )
+        columns[table] = have
+    return columns
+
+
 def _decoded(session: str, rows: list[tuple[int, bytes, str]]) -> list[Event]:
     """The events stored as `rows` (seq, body, hash) of `session`'s log.
 
@@ -265,20 +280,15 @@ class SqliteStore(Store):
         self._gone: str | None = None
         if self._syncs:
             self._writer.execute("PRAGMA synchronous=NORMAL")  # the syncer makes each commit durable
-        legacy = False
         try:
             # A table of ours that another program made (other columns) is refused, the file untouched.
-            for table, needed in _COLUMNS.items():
-                have = {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}
-                if have and not needed <= have:
-                    self._writer.close()
-                    raise ConfigError(
-                        f"{self.path!r} is not an event log: its table {table!r} has columns "
-                        f"{', '.join(sorted(have))}, not {', '.join(sorted(needed))}"
-                    )
-                if table == "events":
-                    # A log in the earlier layout, keyed by (session, seq), needs no second index for that.
-                    legacy = bool(have) and "id" not in have
+            try:
+                have = table_columns(self._writer, self.path)
+            except ConfigError:
+                self._writer.close()
+                raise
+            # A log in the earlier layout, keyed by (session, seq), needs no second index for that.
+            legacy = bool(have["events"]) and "id" not in have["events"]
             # In one transaction: a schema that fails half-way leaves nothing behind.
             schema = SCHEMA.replace(_EVENTS_INDEX, "") if legacy else SCHEMA
             self._writer.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")

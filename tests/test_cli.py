@@ -20,6 +20,7 @@ from environments.counter import env as counter_env
 from eventsourced_env import Sessions, SqliteStore, load_environment
 from eventsourced_env.cli import cli, main
 from eventsourced_env.errors import ConfigError
+from eventsourced_env.sqlite_store import SCHEMA
 from tests.conftest import row
 
 
@@ -62,6 +63,48 @@ def test_sessions_without_a_log_is_a_clear_error(tmp_path: Path, capsys: pytest.
     assert "is not an event log" in capsys.readouterr().err
     assert other.read_bytes() == before
     assert not Path(f"{other}-wal").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sessions"],
+        ["stats"],
+        ["export", "--format", "jsonl", "--out", "{tmp}/out.jsonl"],
+        ["replay"],
+        ["reverify"],
+        ["save-replay", "s1", "--out", "{tmp}/s1.jsonl"],
+    ],
+    ids=lambda c: c[0],
+)
+@pytest.mark.parametrize(
+    "theirs",
+    [
+        "CREATE TABLE events (session TEXT, seq INTEGER)",  # another program's events, sessions as ours
+        "CREATE TABLE snapshots (who TEXT)",
+    ],
+    ids=["events", "snapshots"],
+)
+def test_a_log_of_another_program_is_a_clear_error_for_every_read_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], theirs: str
+) -> None:
+    table = theirs.split()[2]
+    # Tables named as ours but with other columns (an `events` table is a common name) were read
+    # as a log: a sqlite3.OperationalError traceback (no such column: body), exit 1.
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.executescript(SCHEMA)  # our layout, but for one table of theirs
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(theirs)
+        conn.execute("INSERT INTO sessions VALUES ('s1', 'counter', 1.0)")
+        if table == "events":
+            conn.execute("INSERT INTO events (session, seq) VALUES ('s1', 1)")
+        conn.commit()
+    argv = [part.format(tmp=tmp_path) for part in command]
+    assert main([*argv, "--db", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "is not an event log: its table" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == ["other.db"]
 
 
 def test_serve_with_an_unknown_environment_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
