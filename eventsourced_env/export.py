@@ -358,7 +358,8 @@ def output_paths(
     """The files an export in `fmt` to `out` will write; raises `ConfigError` if it must not.
 
     `csv` and `parquet` write a folder (`sessions.*` and `events.*` in it), the others one file.
-    A file that exists is only written over with `force`; the log `db` itself never is.
+    A file that exists is only written over with `force`; the log `db` itself never is, nor
+    anything that is not a regular file (a device, a pipe: /dev/stdout).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
@@ -384,6 +385,12 @@ def output_paths(
             raise ConfigError(
                 f"{str(file)!r} is the event log being exported (or a file of SQLite's beside it); "
                 "choose another --out"
+            )
+        if file.exists() and not file.is_file():
+            # A device or a pipe (/dev/stdout): the export would be renamed over it, never written into it.
+            raise ConfigError(
+                f"{str(file)!r} is not a regular file (a device or a pipe, such as /dev/stdout): an "
+                "export is written beside its target and renamed into place; give a file path"
             )
         if file.exists() and not force:
             raise ConfigError(f"{str(file)!r} exists; pass --force to write over it")

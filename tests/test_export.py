@@ -7,7 +7,9 @@ import csv
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -334,6 +336,36 @@ def test_existing_outputs_need_force_and_paths_are_checked(
     left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
     assert left == ["events.jsonl", "log.db", "notes.txt", "tables"]
     assert sorted(p.name for p in folder.iterdir()) == ["events.csv", "sessions.csv"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "save-replay"])
+def test_an_output_that_is_a_device_or_a_pipe_is_refused_and_left_as_it_was(
+    fixed: tuple[Path, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    # `--out /dev/stdout --force` (to pipe an export on) renamed the export over /dev/stdout: nothing
+    # went down the pipe, the command said it had exported, and (as root) /dev/stdout was a file after.
+    # A FIFO and a symlink to it stand in for the device.
+    db, names = fixed
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+    out = link if fmt != "csv" else tmp_path / "tables"
+    if fmt == "csv":
+        out.mkdir()
+        (out / "events.csv").symlink_to(fifo)
+    for force in ([], ["--force"]):
+        if fmt == "save-replay":
+            argv = ["save-replay", names["s1"], "--db", str(db), "--out", str(out), *force]
+        else:
+            argv = ["export", "--db", str(db), "--format", fmt, "--out", str(out), *force]
+        assert main(argv) == 2
+        assert "is not a regular file" in capsys.readouterr().err
+    assert link.is_symlink() and stat.S_ISFIFO(link.stat().st_mode)
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(db.name))
+    assert left == sorted(["pipe", "stdout", *(["tables"] if fmt == "csv" else [])])
+    if fmt == "csv":  # no file written beside the pipe either
+        assert sorted(p.name for p in out.iterdir()) == ["events.csv"]
 
 
 def test_a_missing_pyarrow_is_a_clear_error(
