@@ -3,7 +3,8 @@
 A `Snapshot` opens the SQLite file on its own read-only connection and starts one read
 transaction: in WAL mode that pins the log as it was at the first read, so a server that keeps
 appending changes nothing of what the snapshot sees, and the snapshot can never write to the log
-(SQLite may create the empty `-wal` and `-shm` files that WAL readers share, if they are missing).
+(SQLite may create the empty `-wal` and `-shm` files that WAL readers share, if they are missing;
+on read-only storage, where it cannot, a log whose WAL is empty is read as an immutable file).
 Sessions are read one at a time (a cursor over the `sessions` index, then that session's events),
 so memory holds one session's events, never the log.
 
@@ -24,7 +25,7 @@ from typing import Any, Final
 
 import orjson
 
-from .errors import ConfigError, StoreUnavailable
+from .errors import ConfigError, EnvError, StoreUnavailable
 from .events import CLOSED, FORKED, SEEDED, TOOL_CALLED, TOOL_REJECTED, VERIFIED, Event
 from .sqlite_store import SqliteStore, table_columns
 from .store import SessionInfo
@@ -202,28 +203,55 @@ class Snapshot:
         self.path = Path(db)
         if not self.path.is_file():
             raise ConfigError(f"no event log at {str(db)!r} (give --db PATH, or set ESENV_DB)")
+        self._snapshotted: set[str] | None = None
         uri = self.path.resolve().as_uri() + "?mode=ro"
         try:
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout)
+            self._conn = self._begin(uri)
+        except sqlite3.OperationalError as e:
+            if "unable to open" not in str(e).lower() or not self._wal_is_empty():
+                raise self._refused(e) from e
+            # Read-only storage (an archived log): SQLite cannot make the shared-memory file a WAL
+            # reader needs beside it. With no WAL to read, nobody writing (nobody can) and every
+            # event in the file itself, the file is read as it stands.
+            try:
+                self._conn = self._begin(uri + "&immutable=1")
+            except sqlite3.Error as again:
+                raise self._refused(again) from again
         except sqlite3.Error as e:
-            raise ConfigError(f"cannot open the event log {str(db)!r}: {e}") from e
-        self._snapshotted: set[str] | None = None
+            raise self._refused(e) from e
+
+    def _begin(self, uri: str) -> sqlite3.Connection:
+        """A read-only connection to `uri`, its read transaction begun and the tables checked."""
         try:
-            self._conn.execute("BEGIN")
-            # The first read pins the WAL snapshot; every later read in this transaction sees it.
-            self._conn.execute("SELECT count(*) FROM events WHERE session = ''").fetchone()
-            self._conn.execute("SELECT count(*) FROM sessions WHERE id = ''").fetchone()
-            # An `events` or `sessions` table of another program's (other columns) is no log either.
-            table_columns(self._conn, str(db))
-        except ConfigError:
-            self._conn.close()
-            raise
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout)
         except sqlite3.Error as e:
-            self._conn.close()
-            if isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in _REFUSED):
-                # The file may well be a log: the system will not let us read it now.
-                raise StoreUnavailable(f"cannot read the event log {str(db)!r} now: {e}") from e
-            raise ConfigError(f"{str(db)!r} is not an event log: {e}") from e
+            raise ConfigError(f"cannot open the event log {str(self.path)!r}: {e}") from e
+        try:
+            conn.execute("BEGIN")
+            # The first read pins the WAL snapshot; every later read in this transaction sees it.
+            conn.execute("SELECT count(*) FROM events WHERE session = ''").fetchone()
+            conn.execute("SELECT count(*) FROM sessions WHERE id = ''").fetchone()
+            # An `events` or `sessions` table of another program's (other columns) is no log either.
+            table_columns(conn, str(self.path))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _wal_is_empty(self) -> bool:
+        """Whether the log's WAL holds nothing (no file, or an empty one): all its events are in the file."""
+        try:
+            # Beside the file the path resolves to, as SQLite keeps it (the log was opened resolved).
+            return Path(f"{self.path.resolve()}-wal").stat().st_size == 0
+        except FileNotFoundError:
+            return True
+
+    def _refused(self, e: sqlite3.Error) -> EnvError:
+        db = str(self.path)
+        if isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in _REFUSED):
+            # The file may well be a log: the system will not let us read it now.
+            return StoreUnavailable(f"cannot read the event log {db!r} now: {e}")
+        return ConfigError(f"{db!r} is not an event log: {e}")
 
     def __enter__(self) -> Snapshot:
         return self

@@ -22,6 +22,7 @@ from eventsourced_env.cli import cli, main
 from eventsourced_env.errors import ConfigError
 from eventsourced_env.sqlite_store import SCHEMA
 from tests.conftest import row
+from tests.logs import build_fixed_log
 
 
 def test_every_command_has_help_with_an_example() -> None:
@@ -105,6 +106,43 @@ def test_a_log_of_another_program_is_a_clear_error_for_every_read_command(
     err = capsys.readouterr().err
     assert "is not an event log: its table" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == ["other.db"]
+
+
+def test_a_log_on_read_only_storage_is_read_unless_its_wal_holds_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An archived log on read-only storage (a read-only mount) was refused by every read command:
+    # "cannot read the event log now: unable to open database file", exit 1: SQLite cannot make
+    # there the shared-memory file (-shm) a WAL reader needs. A -shm path that cannot be opened (a
+    # symlink: SQLite opens it with O_NOFOLLOW) stands in for the read-only folder.
+    db = tmp_path / "archive" / "log.db"
+    db.parent.mkdir()
+    build_fixed_log(db)
+    assert main(["stats", "--db", str(db), "--json"]) == 0
+    expected = capsys.readouterr().out
+    Path(f"{db}-shm").unlink(missing_ok=True)
+    Path(f"{db}-shm").symlink_to(tmp_path / "nowhere")
+    assert main(["stats", "--db", str(db), "--json"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["replay", "--db", str(db), "--jobs", "1"]) == 0
+    assert "every observation and hash matches" in capsys.readouterr().out
+    assert main(["export", "--db", str(db), "--format", "jsonl", "--out", str(tmp_path / "e.jsonl")]) == 0
+    assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 20
+
+    # A log copied with events still in its WAL: read without it, they would be missing. Refused.
+    copy = tmp_path / "copy" / "log.db"
+    copy.parent.mkdir()
+    Path(f"{db}-shm").unlink()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("INSERT INTO sessions VALUES ('late', 'counter', 999.0)")
+        conn.commit()
+        for suffix in ("", "-wal"):
+            Path(f"{copy}{suffix}").write_bytes(Path(f"{db}{suffix}").read_bytes())
+    assert Path(f"{copy}-wal").stat().st_size > 0
+    Path(f"{copy}-shm").symlink_to(tmp_path / "nowhere")
+    assert main(["sessions", "--db", str(copy)]) == 1
+    assert "unable to open" in capsys.readouterr().err
 
 
 def test_serve_with_an_unknown_environment_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
