@@ -398,10 +398,13 @@ class Sessions:
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
     def shutdown(self) -> None:
-        """Let the effect threads go once their calls finish."""
+        """Let the effect threads go once their calls finish, and drop the folded sessions (their
+        logs stay). Dropped here, they are freed as they go; left to the end of the process, the
+        collector scans them all, again and again (26 s for 10,000 `workplace` sessions, 1 GB)."""
         for pool in (self._executor, self._scoring):
             if pool is not None:
                 pool.shutdown(wait=False)
+        self._cache.clear()
 
     # -- the operations -------------------------------------------------------------------------
 
