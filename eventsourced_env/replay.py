@@ -98,8 +98,8 @@ def check_log(
         return Divergence(session, 1, "the log is empty")
     try:
         folded = start(env, events[0])
-    except EnvError as e:
-        return Divergence(session, 1, f"cannot rebuild the initial state: {e.detail}")
+    except Exception as e:  # a row the Task no longer takes, or an `initial` that crashes on it
+        return Divergence(session, 1, f"cannot rebuild the initial state: {_why(e)}")
     # The loop every replayed event goes through: kept flat, it is most of replay's own time.
     for event in events[1:]:
         kind = event.kind
@@ -146,6 +146,11 @@ def _same_state(folded: Folded, stored: Any, folded_now: dict[str, Any]) -> bool
         return bool(type(folded.state).model_validate(stored["state"]) == folded.state)
     except (ValueError, KeyError):
         return False
+
+
+def _why(e: Exception) -> str:
+    """What went wrong: our own error's detail, else the exception's type and message."""
+    return e.detail if isinstance(e, EnvError) else f"{type(e).__name__}: {e}"
 
 
 def _failed(session: str, event: Event, e: Exception) -> Divergence:

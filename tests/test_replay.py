@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from environments.counter import CounterState
 from environments.counter import env as counter_env
+from environments.counter import verify as counter_verify
 from eventsourced_env import ArgumentsInvalid, Environment, Sessions, SqliteStore, ToolNotFound
 from eventsourced_env.cli import main
 from eventsourced_env.events import Event, make_event
@@ -335,3 +337,40 @@ def test_reverify_scores_a_session_whose_log_records_a_null_reward(
     assert (report["verified_sessions"], report["errors"]) == (2, [])
     assert (report["scoring_failed_before"], report["scoring_failed_after"]) == (1, 0)
     assert (report["mean_reward_before"], report["mean_reward_after"]) == (0.0, 0.5)
+
+
+def _initial_only_from_zero(task: Any, ctx: Any) -> Any:
+    """A changed `initial` with a bug: it knows only counters that start at 0."""
+    return CounterState(count={0: 0}[task.initial_count])
+
+
+#: The counter after a change to its `initial` that crashes on some recorded rows.
+crashing_initial_counter = counter_env.with_verifier(counter_verify)
+crashing_initial_counter.initial(_initial_only_from_zero)
+
+
+def test_an_initial_state_that_crashes_on_replay_is_named_not_a_traceback(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `initial` raising anything but our own errors escaped `esenv replay` as a traceback, and the
+    # other sessions' report was lost.
+    async def go() -> list[str]:
+        store = SqliteStore(db_path)
+        sessions = Sessions(counter_env, store)
+        ids = [await sessions.seed(row(initial=n, expected=3)) for n in (0, 2)]
+        for sid in ids:
+            await sessions.call(sid, "increment_counter", {"count": 1})
+            await sessions.verify(sid, {"output": []})
+        await store.close()
+        return ids
+
+    fine, broken = asyncio.run(go())
+    spec = "tests.test_replay:crashing_initial_counter"
+    for jobs in ("1", "2"):
+        assert main(["replay", "--db", str(db_path), "--env", spec, "--jobs", jobs]) == 1
+        out = capsys.readouterr().out
+        assert out == (
+            f"session {broken}: cannot rebuild the initial state: KeyError: 2 at seq 1\n"
+            "1 of 2 session(s) diverged\n"
+        )
+    assert fine not in out
