@@ -3,7 +3,8 @@
 `check_log` rebuilds a session from its log, re-runs every tool call on the rebuilt state and
 compares each observation (and each rejection) with what was recorded, after checking the hash
 chain; it names the first divergence. `reverify_log` runs the current verifier on the state a
-session had when it was verified and compares the reward with the recorded one. External effects
+session had when it was verified (rebuilt with each observation checked, or NotRebuilt) and
+compares the reward with the recorded one. External effects
 (a judge's verdict) come from the record, so neither calls anything; `reverify_log` can instead ask
 them again (`performers`: re-judging) and report old and new verdicts.
 
@@ -26,6 +27,7 @@ from .fold import Folded, as_recorded, attempt, snapshot_body, start, step
 
 __all__ = [
     "Divergence",
+    "NotRebuilt",
     "ReplayReport",
     "Reverified",
     "ReverifyReport",
@@ -272,6 +274,38 @@ class Reverified:
         }
 
 
+class NotRebuilt(Exception):
+    """The state a session was verified in cannot be rebuilt with the current environment: its log
+    no longer replays (`divergence` says where: a tool that now answers otherwise, is gone, or refuses
+    the recorded arguments; a row the Task no longer takes)."""
+
+    def __init__(self, divergence: Divergence) -> None:
+        super().__init__(divergence.describe())
+        self.divergence = divergence
+
+
+def _rebuild_verified(env: Environment[Any, Any], session: str, events: list[Event], upto: int) -> Folded:
+    """The session folded up to (not including) seq `upto`, each call's observation checked against
+    the record as replay checks it; NotRebuilt at the first that departs from it."""
+    try:
+        folded = start(env, events[0])
+    except Exception as e:
+        raise NotRebuilt(Divergence(session, 1, f"cannot rebuild the initial state: {_why(e)}")) from e
+    for event in events[1 : upto - 1]:
+        try:
+            replayed = step(folded, event)
+        except Exception as e:
+            raise NotRebuilt(_failed(session, event, e)) from e
+        if event.kind == TOOL_CALLED:
+            recorded = event.data["observation"]
+            if replayed != recorded and (replayed := as_recorded(replayed)) != recorded:
+                tool = event.data["tool"]
+                raise NotRebuilt(
+                    Divergence(session, event.seq, "observation differs", tool, recorded, replayed)
+                )
+    return folded
+
+
 def reverify_log(
     env: Environment[Any, Any],
     session: str,
@@ -280,15 +314,16 @@ def reverify_log(
 ) -> Reverified | None:
     """Score the session's latest verification again with `env`'s verifier (None if never verified).
 
-    Its effects (a judge's reply) come from the verified event's record; with `performers` they are
-    performed again instead (re-judging). Raises EffectDiverged if the verifier now asks otherwise.
+    The state is rebuilt as replay rebuilds it: NotRebuilt if the log's calls up to the verification
+    do not reproduce their recorded observations with `env`'s tools (the state they would give is not
+    the one that was verified). Its effects (a judge's reply) come from the verified event's record;
+    with `performers` they are performed again instead (re-judging). Raises EffectDiverged if the
+    verifier now asks otherwise.
     """
     verified = next((e for e in reversed(events) if e.kind == VERIFIED), None)
     if verified is None:
         return None
-    folded = start(env, events[0])
-    for event in events[1 : verified.seq - 1]:
-        step(folded, event)
+    folded = _rebuild_verified(env, session, events, verified.seq)
     effects = None
     if env.effects:
         recorded = verified.data.get("effects", ())
@@ -378,6 +413,11 @@ def reverify_logs(
             continue
         try:
             result = reverify_log(env, session, events, performers)
+        except NotRebuilt as e:  # scored, it would be a state the session never was in
+            d = e.divergence
+            reason = f"not re-verified, its log does not replay: {d.reason}"
+            report.errors.append(Divergence(session, d.seq, reason, d.tool, d.recorded, d.replayed))
+            continue
         except EffectDiverged as e:
             seq = next(ev.seq for ev in reversed(events) if ev.kind == VERIFIED)
             reason = f"{e.detail}; re-ask with --rejudge"

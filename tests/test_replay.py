@@ -18,7 +18,7 @@ from eventsourced_env.events import Event, make_event
 from eventsourced_env.replay import check_log, replay_logs
 from eventsourced_env.snapshot import Filters, Snapshot
 from tests.conftest import row
-from tests.envs_for_tests import clock_env, mail_env
+from tests.envs_for_tests import clock_env, mail_env, seeded_env
 
 
 async def _record(db: Path, env: Environment[Any, Any], script: list[list[tuple[str, Any]]]) -> list[str]:
@@ -259,11 +259,11 @@ def test_reverify_says_when_it_cannot_score_a_verified_session(
 ) -> None:
     # Served from an environment `esenv` does not bundle: without --env it cannot re-score it, and
     # must say so (it used to print "no verified sessions" and exit 0).
-    [sid] = record(db_path, clock_env, [[("add", {"amount": 1})]])
+    [sid] = record(db_path, seeded_env, [[("add", {"amount": 1})]])
     assert main(["reverify", "--db", str(db_path)]) == 1
     captured = capsys.readouterr()
     assert f"session {sid}: environment 'tally' is not available to re-verify (give --env)" in captured.err
-    assert main(["reverify", "--db", str(db_path), "--env", "tests.envs_for_tests:clock_env"]) == 0
+    assert main(["reverify", "--db", str(db_path), "--env", "tests.envs_for_tests:seeded_env"]) == 0
 
 
 def _crash_on_big(state: Any, task: Any, response: Any) -> float:
@@ -374,3 +374,64 @@ def test_an_initial_state_that_crashes_on_replay_is_named_not_a_traceback(
             "1 of 2 session(s) diverged\n"
         )
     assert fine not in out
+    # Nor is it scored by reverify, which names the seeded event (not the verified one).
+    assert main(["reverify", "--db", str(db_path), "--env", spec]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"session {broken}: not re-verified, its log does not replay: cannot rebuild the initial "
+        "state: KeyError: 2 at seq 1\n"
+    )
+    assert captured.out.startswith("1 verified session(s)")
+
+
+def _telling_increment(state: CounterState, args: Any, ctx: Any) -> tuple[CounterState, Any]:
+    """Increment the counter by `count`, and say where it stands."""
+    return CounterState(count=state.count + args.count), {"success": True, "count": state.count + args.count}
+
+
+#: The counter after its tools changed since the run: `increment_counter` answers otherwise, and
+#: `get_counter_value` is gone. Its verifier is the counter's own.
+changed_tools_counter = counter_env.with_verifier(counter_verify)
+del changed_tools_counter.tools["get_counter_value"], changed_tools_counter.tools["increment_counter"]
+_telling_increment.__annotations__["args"] = counter_env.tools["increment_counter"].args_model
+_telling_increment.__name__ = "increment_counter"
+changed_tools_counter.tool(_telling_increment)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_reverify_does_not_score_a_session_its_current_tools_do_not_rebuild(
+    db_path: Path, jobs: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Reverify folded the log with the current tools without checking their answers against the
+    # record, and scored whatever state came out: a tool that changed since the run showed up as
+    # rewards the verifier "moved". A call to a tool now gone, or refused now, was reported at the
+    # verified event's seq, not the call's.
+    ids = record(
+        db_path,
+        counter_env,
+        [
+            [("increment_counter", {"count": 3})],
+            [("get_counter_value", {}), ("increment_counter", {"count": 3})],
+            [],
+        ],
+    )
+    spec = "tests.test_replay:changed_tools_counter"
+    assert main(["reverify", "--db", str(db_path), "--env", spec, "--jobs", jobs]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"session {ids[0]}: not re-verified, its log does not replay: observation differs at seq 2 "
+        "(tool 'increment_counter')\n"
+        "    recorded: {'success': True}\n"
+        "    replayed: {'success': True, 'count': 3}\n"
+        f"session {ids[1]}: not re-verified, its log does not replay: event seq 2 calls tool "
+        "'get_counter_value', which 'counter' no longer has at seq 2 (tool 'get_counter_value')\n"
+    )
+    assert captured.out == "1 verified session(s), 0 reward(s) changed; mean reward 0 -> 0\n"
+    assert main(["reverify", "--db", str(db_path), "--env", spec, "--json", "--jobs", jobs]) == 1
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["verified_sessions"] == 1 and report["changes"] == []
+    assert [(e["session"], e["seq"], e["tool"]) for e in report["errors"]] == [
+        (ids[0], 2, "increment_counter"),
+        (ids[1], 2, "get_counter_value"),
+    ]
+    assert main(["reverify", "--db", str(db_path), "--env", "counter", "--fail-on-change"]) == 0
