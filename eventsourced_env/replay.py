@@ -159,7 +159,8 @@ def _failed(session: str, event: Event, e: Exception) -> Divergence:
     """The divergence of an event whose replay raised `e`."""
     tool = event.data.get("tool") if event.kind in (TOOL_CALLED, TOOL_REJECTED) else None
     if isinstance(e, ArgumentsInvalid):
-        return Divergence(session, event.seq, "recorded arguments are now rejected", tool, None, e.detail)
+        args = event.data.get("args")
+        return Divergence(session, event.seq, "recorded arguments are now rejected", tool, args, e.detail)
     if isinstance(e, EffectDiverged):
         return Divergence(session, event.seq, e.detail, tool, e.recorded, e.replayed)
     if isinstance(e, EnvError):

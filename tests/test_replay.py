@@ -435,3 +435,22 @@ def test_reverify_does_not_score_a_session_its_current_tools_do_not_rebuild(
         (ids[1], 2, "get_counter_value"),
     ]
     assert main(["reverify", "--db", str(db_path), "--env", "counter", "--fail-on-change"]) == 0
+
+
+def test_recorded_arguments_now_refused_are_shown_with_the_error(db_path: Path) -> None:
+    # The divergence showed "recorded: None" (the call's recorded arguments were left out), next to
+    # the validation error that does not say which values it refused.
+    from tests.envs_for_tests import lenient_env
+
+    record(db_path, lenient_env, [[("add", {"amount": 1}), ("add", {"amount": "lots"})]])
+    [(session, events)] = list(scan_logs(db_path))
+    divergence = check_log(seeded_env, session, events)
+    assert divergence is not None
+    assert (divergence.seq, divergence.reason, divergence.tool) == (
+        3,
+        "recorded arguments are now rejected",
+        "add",
+    )
+    assert divergence.recorded == {"amount": "lots"}
+    assert "amount: Input should be a valid number" in divergence.replayed
+    assert "    recorded: {'amount': 'lots'}\n" in divergence.describe()
