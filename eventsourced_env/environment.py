@@ -390,7 +390,11 @@ class Environment(Generic[T, S]):
     def verifier(self, fn: VerifierFn) -> VerifierFn:
         """Register `verify(state, task, response[, ctx]) -> float | VerifyResult` (ctx for effects)."""
         self._verifier = fn
-        self._verifier_takes_ctx = len(inspect.signature(fn).parameters) == 4
+        # Counted among the parameters a positional argument can fill: a keyword-only option (or one
+        # a functools.partial sets) is not the fourth, and must not be handed the context.
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = inspect.signature(fn).parameters.values()
+        self._verifier_takes_ctx = sum(p.kind in positional for p in params) == 4
         self._verifier_version = f"{self.version}+{_source_digest(fn)}"
         return fn
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -204,3 +205,23 @@ def test_pydantic_observations_are_dumped_to_json() -> None:
 
     _, obs = env.run_tool(env.tools["look"], Bag(), Pick(index=0), Context(1, 2, 0.0))
     assert obs == {"when": "1970-01-01T00:00:00Z"}
+
+
+def _left_with_bonus(state: Bag, task: Task, response: Any, *, bonus: float = 0.0) -> float:
+    return len(state.items) + bonus
+
+
+def _left_with_ctx(state: Bag, task: Task, response: Any, ctx: Context, *, bonus: float = 0.0) -> float:
+    return ctx.seq + bonus
+
+
+def test_a_verifier_with_keyword_only_options_is_not_given_the_context_as_one() -> None:
+    # A keyword-only parameter counted as the fourth, so the verifier was called with the context as
+    # a fourth positional argument: a TypeError on every /verify and every re-verify. Also through
+    # functools.partial, the natural way to re-score with a verifier's option set otherwise.
+    env = make_env().with_verifier(_left_with_bonus)
+    assert env.run_verifier(Bag(items=("a",)), Task(), None).reward == 1.0
+    env = make_env().with_verifier(functools.partial(_left_with_bonus, bonus=0.5))
+    assert env.run_verifier(Bag(items=("a",)), Task(), None).reward == 1.5
+    env = make_env().with_verifier(functools.partial(_left_with_ctx, bonus=0.5))
+    assert env.run_verifier(Bag(), Task(), None, Context(0, 4, 0.0)).reward == 4.5
