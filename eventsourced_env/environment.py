@@ -20,6 +20,7 @@ Depends only on `events` (and `errors`).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import math
@@ -296,13 +297,22 @@ def _as_json(value: Any) -> Any:
 def _source_digest(fn: Callable[..., Any]) -> str:
     """A digest of the verifier's code and of the module around it (the helpers and constants it uses).
 
-    Code in other modules is not covered: bump the environment's version when it changes.
+    Code in other modules is not covered: bump the environment's version when it changes. A
+    `functools.partial` counts as its function and the options it sets; a callable object as its
+    class (its attributes are not covered). Nothing that differs from process to process (an
+    object's address) goes in, so the same code has the same version in every process.
     """
     digest = hashlib.sha256()
-    for part in (fn, inspect.getmodule(fn)):
+    code: Any = fn
+    while isinstance(code, functools.partial):
+        digest.update(repr((code.args, sorted(code.keywords.items()))).encode())
+        code = code.func
+    if not (inspect.isfunction(code) or inspect.ismethod(code) or inspect.isbuiltin(code)):
+        code = type(code)  # a callable object: what it does is its class's
+    for part in (code, inspect.getmodule(code)):
         try:
             digest.update(inspect.getsource(part).encode())  # type: ignore[arg-type]
-        except (OSError, TypeError):
+        except (OSError, TypeError):  # no source file: its bytecode, or a name (never an address)
             digest.update(getattr(getattr(part, "__code__", None), "co_code", repr(part).encode()))
     return digest.hexdigest()[:12]
 

@@ -225,3 +225,28 @@ def test_a_verifier_with_keyword_only_options_is_not_given_the_context_as_one() 
     assert env.run_verifier(Bag(items=("a",)), Task(), None).reward == 1.5
     env = make_env().with_verifier(functools.partial(_left_with_ctx, bonus=0.5))
     assert env.run_verifier(Bag(), Task(), None, Context(0, 4, 0.0)).reward == 4.5
+
+
+class _Scorer:
+    """A verifier that is a callable object."""
+
+    def __init__(self, bonus: float) -> None:
+        self.bonus = bonus
+
+    def __call__(self, state: Bag, task: Task, response: Any) -> float:
+        return len(state.items) + self.bonus
+
+
+def test_the_verifier_version_of_a_partial_or_a_callable_object_is_the_same_in_every_process() -> None:
+    # Their source could not be read, so the digest fell back on repr(), which holds the object's
+    # address: each process (each `esenv reverify`, each golden test run) gave the same code another
+    # version, and a partial's options (which change its scores) were not in it.
+    def version(fn: Any) -> str:
+        return make_env().with_verifier(fn, version="9").verifier_version
+
+    half = version(functools.partial(_left_with_bonus, bonus=0.5))
+    assert half == version(functools.partial(_left_with_bonus, bonus=0.5))
+    assert half != version(functools.partial(_left_with_bonus, bonus=0.25))
+    assert half != version(_left_with_bonus)
+    assert version(_Scorer(0.5)) == version(_Scorer(0.5))
+    assert version(_Scorer(0.5)).startswith("9+")
