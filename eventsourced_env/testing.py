@@ -15,10 +15,12 @@ In a test (syrupy gives the `snapshot` fixture)::
 `check_replay` checks the hash chain, that the replay reproduces every recorded observation, and
 that two folds give identical states; then it compares the final state, every observation and
 the verifier's result with a JSON snapshot (`pytest --snapshot-update` records or refreshes them).
+A replay that fails before the comparison (it no longer reproduces) leaves its snapshot as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -119,14 +121,38 @@ def check_replay(env: Environment[Any, Any], path: str | Path, snapshot: Any) ->
     """Assert that the replay at `path` reproduces itself, folds deterministically and matches `snapshot`."""
     from syrupy.extensions.json import JSONSnapshotExtension
 
-    events = load_replay(path)
-    divergence = check_log(env, Path(path).stem, events)
-    assert divergence is None, divergence.describe()
-    first, second = fold(env, events), fold(env, events)
-    assert first.state == second.state, "two folds of the same log differ: a tool is not deterministic"
     expected = snapshot.use_extension(JSONSnapshotExtension)
-    if not expected == replay_outcome(env, events):
+    try:
+        events = load_replay(path)
+        divergence = check_log(env, Path(path).stem, events)
+        if divergence is not None:
+            raise AssertionError(divergence.describe())
+        first, second = fold(env, events), fold(env, events)
+        if first.state != second.state:
+            raise AssertionError("two folds of the same log differ: a tool is not deterministic")
+        outcome = replay_outcome(env, events)
+    except BaseException:
+        with contextlib.suppress(Exception):  # whatever syrupy does, the replay's own failure is shown
+            _leave_alone(expected)
+        raise
+    if not expected == outcome:
         # pytest rewrites no assert in this module, so syrupy's diff is not shown unless asked for.
         raise AssertionError(
             "\n".join(["the replay differs from its snapshot:", *expected.get_assert_diff()])
         )
+
+
+class _NotCompared(Exception):
+    """Raised inside syrupy to read a snapshot as used without comparing or writing it."""
+
+
+def _leave_alone(expected: Any) -> None:
+    """Mark the test's snapshot as used, without writing it, when the replay failed before it could
+    be compared: syrupy deletes the snapshots no test used under `--snapshot-update`, so a replay
+    that no longer reproduces would lose its golden snapshot. The matcher raises as syrupy serialises
+    the value, so the assertion is recorded (failed) and nothing is queued for writing."""
+
+    def refuse(*, data: Any, path: Any) -> Any:
+        raise _NotCompared("the replay failed before its snapshot could be compared")
+
+    expected(matcher=refuse) == None  # noqa: B015, E711 (the comparison is syrupy's record of the snapshot)

@@ -159,3 +159,33 @@ def test_qa_judge_replays_hold_recorded_judgments() -> None:
     assert cases["judged_correct"]["effects"][0]["result"]["text"].endswith("VERDICT: CORRECT")
     assert cases["judge_failed"]["failure"]["kind"] == "judge" and cases["judge_failed"]["reward"] == 0.0
     assert "effects" not in cases["rules_without_judge"]
+
+
+def test_snapshot_update_keeps_the_snapshot_of_a_replay_that_no_longer_reproduces(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # check_replay failed before it read the snapshot, so syrupy took it for unused, and
+    # `pytest --snapshot-update` (the README's way to refresh snapshots) deleted it: after a tool
+    # change, the golden verifier outputs of every replay that diverged were gone.
+    monkeypatch.setenv("PYTHONPATH", str(REPLAYS.parent))
+    source = REPLAYS / "counter" / "success.jsonl"
+    pytester.makepyfile(
+        test_golden=GOLDEN_TEST.replace("tests.envs_for_tests", "tests.test_replay").format(
+            env="changed_tools_counter", path=str(source)
+        )
+    )
+    ours = pytester.path / "__snapshots__" / "test_golden" / "test_golden.json"
+    ours.parent.mkdir(parents=True)
+    theirs = (
+        Path(__file__).parent
+        / "__snapshots__"
+        / "test_golden_replays"
+        / "test_golden_replay[counter-success].json"
+    )
+    ours.write_text(theirs.read_text())
+    monkeypatch.setenv("NO_COLOR", "1")
+    for update in ([], ["--snapshot-update"]):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *update)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*observation differs at seq 2 (tool 'increment_counter')*"])
+        assert ours.read_text() == theirs.read_text()
