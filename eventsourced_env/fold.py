@@ -10,6 +10,8 @@ Depends on `environment` and `events`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +30,18 @@ from .errors import (
 )
 from .events import CLOSED, SEEDED, TOOL_CALLED, TOOL_REJECTED, Event
 
-__all__ = ["Attempt", "Folded", "as_recorded", "attempt", "fold", "resume", "snapshot_body", "start", "step"]
+__all__ = [
+    "Attempt",
+    "Folded",
+    "as_recorded",
+    "attempt",
+    "fold",
+    "resume",
+    "snapshot_body",
+    "start",
+    "state_model",
+    "step",
+]
 
 
 @dataclass(slots=True)
@@ -156,20 +169,40 @@ def fold(env: Environment[Any, Any], events: Iterable[Event]) -> Folded:
     return folded
 
 
+@functools.cache
+def state_model(model: type[State]) -> str:
+    """A digest of a State model's JSON schema (its fields, their types and defaults), which a snapshot
+    names: a snapshot of another model (one written before the model changed) is none of this one's."""
+    try:
+        schema: Any = model.model_json_schema()
+    except Exception:  # a field type with no JSON schema: its fields and their types, then
+        schema = {name: str(info.annotation) for name, info in model.model_fields.items()}
+    return hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
 def snapshot_body(folded: Folded) -> bytes:
-    """A snapshot of a folded session: its state, the seq and hash it stands at, its keys, closed or not."""
+    """A snapshot of a folded session: its state (and its model's digest), the seq and hash it stands
+    at, its keys, closed or not."""
     keys = {key: [kind, data] for key, (kind, data) in folded.keys.items()}
     state = folded.state.model_dump(mode="json")
     return orjson.dumps(
-        {"seq": folded.seq, "hash": folded.hash, "state": state, "closed": folded.closed, "keys": keys}
+        {
+            "seq": folded.seq,
+            "hash": folded.hash,
+            "model": state_model(type(folded.state)),
+            "state": state,
+            "closed": folded.closed,
+            "keys": keys,
+        }
     )
 
 
 def resume(env: Environment[Any, Any], events: list[Event], snapshot: bytes) -> Folded | None:
     """Rebuild from a snapshot and the events from its seq on (after the seeded one).
 
-    None when the snapshot does not fit the log (no event at its seq, or another hash there): the
-    caller then folds the whole log. A snapshot is derived data; `esenv replay` checks each one.
+    None when the snapshot does not fit the log (no event at its seq, or another hash there) or is
+    of another State model than the environment's now (or names none: written before snapshots
+    did): the caller then folds the whole log. A snapshot is derived data; `esenv replay` checks each one.
     """
     try:
         snap = orjson.loads(snapshot)
@@ -177,6 +210,8 @@ def resume(env: Environment[Any, Any], events: list[Event], snapshot: bytes) -> 
         if at is None or events[at].hash != snap["hash"]:
             return None
         folded = start(env, events[0])
+        if snap.get("model") != state_model(type(folded.state)):
+            return None  # validated into this model, it would take defaults the log never set
         folded.state = type(folded.state).model_validate(snap["state"])
         folded.seq, folded.hash, folded.closed = snap["seq"], snap["hash"], snap["closed"]
         folded.keys = {key: (kind, data) for key, (kind, data) in snap["keys"].items()}
