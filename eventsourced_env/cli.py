@@ -515,9 +515,11 @@ def reverify_command(
                 if summary[key]
             ]
             unscored = f" (scoring failed: {', '.join(failed)}; left out of the means)" if failed else ""
+            # The sessions that could not be scored are in no figure: say so beside them.
+            errors = f"; {len(report.errors)} session(s) not re-verified, above" if report.errors else ""
             click.echo(
                 f"{summary['verified_sessions']} verified session(s), {summary['changed']} reward(s) "
-                f"changed; mean reward {before} -> {after}{unscored}"
+                f"changed; mean reward {before} -> {after}{unscored}{errors}"
             )
         elif report.errors:  # there were sessions to score; none could be
             click.echo(f"no session re-verified; {len(report.errors)} error(s) above")

@@ -426,7 +426,7 @@ def test_reverify_does_not_score_a_session_its_current_tools_do_not_rebuild(
         f"session {ids[1]}: not re-verified, its log does not replay: event seq 2 calls tool "
         "'get_counter_value', which 'counter' no longer has at seq 2 (tool 'get_counter_value')\n"
     )
-    assert captured.out == "1 verified session(s), 0 reward(s) changed; mean reward 0 -> 0\n"
+    assert captured.out.startswith("1 verified session(s), 0 reward(s) changed; mean reward 0 -> 0")
     assert main(["reverify", "--db", str(db_path), "--env", spec, "--json", "--jobs", jobs]) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert report["verified_sessions"] == 1 and report["changes"] == []
@@ -454,3 +454,22 @@ def test_recorded_arguments_now_refused_are_shown_with_the_error(db_path: Path) 
     assert divergence.recorded == {"amount": "lots"}
     assert "amount: Input should be a valid number" in divergence.replayed
     assert "    recorded: {'amount': 'lots'}\n" in divergence.describe()
+
+
+def test_the_reverify_summary_says_how_many_sessions_it_could_not_score(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "1 verified session(s), 0 reward(s) changed" of a log of three verified sessions, two of which
+    # could not be scored (their errors on stderr): read alone, the summary said nothing moved.
+    ids = record(db_path, counter_env, [[("increment_counter", {"count": 3})]] * 3)
+    for sid in ids[1:]:
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            conn.execute("UPDATE events SET body = body || ' ' WHERE session = ? AND seq = 2", (sid,))
+            conn.commit()
+    assert main(["reverify", "--db", str(db_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == (
+        "1 verified session(s), 0 reward(s) changed; mean reward 1 -> 1; "
+        "2 session(s) not re-verified, above\n"
+    )
+    assert captured.err.count("hash chain broken") == 2
