@@ -432,20 +432,33 @@ class Sessions:
         seed = _session_seed(row, secrets.randbits(63))
         session = chosen or _new_session_id()
         async with self._lock(session):
-            if chosen is not None:
-                existing = await self.store.read(session, upto=1)
-                if existing:
-                    if existing[0].data.get("row") == row:
-                        return session  # a retry: nothing new is held in memory, so no cap applies
-                    raise Conflict(f"session {session!r} was already seeded with a different row")
+            if chosen is not None and await self._seeded_with(session, row):
+                return session  # a retry: nothing new is held in memory, so no cap applies
             with self._room(1):
                 at = self._clock()
                 state = self._start(task, seed, at)
                 data = {"env": self.env.name, "env_version": self.env.version, "seed": seed, "row": row}
                 event = make_event("", 1, SEEDED, at, data)
-                await self.store.append(session, [event])
+                try:
+                    await self.store.append(session, [event])
+                except Conflict:
+                    # Another server sharing the store seeded this id since it was read (a retry of
+                    # the seed sent there, say): the same row is the same session there as here.
+                    if chosen is not None and await self._seeded_with(session, row):
+                        return session
+                    raise
                 self._remember(session, Folded(self.env, task, seed, state, 1, event.hash, used=at))
         return session
+
+    async def _seeded_with(self, session: str, row: dict[str, Any]) -> bool:
+        """True if the log has `session` seeded with `row`, False if it has no such session; a
+        `Conflict` if it was seeded with another row."""
+        existing = await self.store.read(session, upto=1)
+        if not existing:
+            return False
+        if existing[0].data.get("row") != row:
+            raise Conflict(f"session {session!r} was already seeded with a different row")
+        return True
 
     async def _refuse_inside(self, carried: str, what: str) -> None:
         """Conflict if `carried` is a session the log knows, open or closed: a seed or fork (`what`)

@@ -319,3 +319,43 @@ async def test_a_call_that_keeps_losing_the_race_is_a_409_after_its_tries(
         assert taken.appends == STALE_TRIES
     finally:
         await taken.close()
+
+
+async def test_a_named_seed_sent_to_two_servers_at_once_is_one_session(
+    db_path: Path, counter: Environment[Any, Any]
+) -> None:
+    # A seed retried on a second server sharing the log (the first one slow to answer): both read
+    # the id as unseeded, then both append its seq 1. The one that loses the race answered a 409
+    # ("an event with that seq … is already in the log") where the same row is the same session.
+    class ReadsEarly(SqliteStore):
+        """Its read of seq 1 returns what it found, but only once `go` is set."""
+
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.read_done, self.go = asyncio.Event(), asyncio.Event()
+
+        async def read(self, session: str, upto: int | None = None) -> list[Event]:
+            found = await super().read(session, upto)
+            if not self.go.is_set():
+                self.read_done.set()
+                await self.go.wait()
+            return found
+
+    a_store, b_store = SqliteStore(db_path), ReadsEarly(db_path)
+    try:
+        a, b = Sessions(counter, a_store), Sessions(counter, b_store)
+        named = row(initial=2, expected=5, _ng_session_id="rollout-9")
+        late = asyncio.ensure_future(b.seed(named))
+        await b_store.read_done.wait()  # B found no such session
+        assert await a.seed(named) == "rollout-9"
+        b_store.go.set()
+        assert await late == "rollout-9"  # B's seq 1 was refused: A's is the same seed
+        assert [e.seq for e in await a_store.read("rollout-9")] == [1]
+        assert await b.call("rollout-9", "increment_counter", {"count": 3}) == {"success": True}
+        # Another row under that id stays a 409, however the race went.
+        other = asyncio.ensure_future(b.seed(row(initial=7, _ng_session_id="rollout-9")))
+        with pytest.raises(Conflict, match="already seeded with a different row"):
+            await other
+    finally:
+        await a_store.close()
+        await b_store.close()
