@@ -41,8 +41,13 @@ second, was worse: under steady appends a concurrent checkpoint never catches up
 restarts and keeps growing, and commits cost twice the CPU.
 
 Because the loop itself commits, the writer waits at most `busy_timeout` (100 ms by default) for
-a lock another process holds on the file; then the append fails with a 503, rather than the loop,
-and every session with it, waiting longer.
+a lock another process holds on the file (another server sharing it), rather than the loop, and
+every session with it, waiting longer. A batch that finds the file still locked is not failed: it
+is tried again every `LOCK_RETRY` seconds, the loop serving meanwhile, until `lock_wait` (5 s by
+default) has passed since its first try, and the appends that come meanwhile join it; only then is
+each of its calls a 503. Else a server forking a long session (100 copies of 1,000 events: one
+transaction of about a second) made some calls of every other server on the file 503s (18 in
+33,000 at 256 concurrent rollouts), which NeMo Gym's agent hands to the model as tool outputs.
 """
 
 from __future__ import annotations
@@ -117,6 +122,9 @@ FROM sessions s JOIN events e
   ON e.session = s.id AND e.seq = (SELECT max(seq) FROM events WHERE session = s.id)
 """
 _UNAVAILABLE = ("disk is full", "readonly", "read-only", "locked", "disk i/o error", "unable to open")
+
+#: How long a batch that found the file locked waits before it is tried again (see the docstring).
+LOCK_RETRY: Final = 0.01
 
 # One caller's append: the logs it writes (one session's, or several sessions' all or nothing).
 _Append = tuple[Sequence[tuple[str, Sequence[Event]]], "asyncio.Future[None]"]
@@ -219,6 +227,11 @@ def _translate(e: Exception, session: str) -> EnvError:
     return StoreError(f"the event store failed ({type(e).__name__}: {e}); nothing was written")
 
 
+def _busy(e: Exception) -> bool:
+    """Whether `e` is SQLite's "database is locked": another connection holds the lock it needs."""
+    return isinstance(e, sqlite3.OperationalError) and e.sqlite_errorcode == sqlite3.SQLITE_BUSY
+
+
 def _open_failure(e: sqlite3.Error, path: str, doing: str) -> EnvError:
     """Why a log cannot be opened: the system refuses it now (locked, no room, an I/O error), or
     the path is not one (a ConfigError: a mistake in the command)."""
@@ -251,10 +264,21 @@ class SqliteStore(Store):
     """The SQLite event store. Open it with `await SqliteStore.open(path)` inside a running loop."""
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", readers: int = 4, busy_timeout: float = 0.1
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        readers: int = 4,
+        busy_timeout: float = 0.1,
+        lock_wait: float = 5.0,
     ) -> None:
         self.path = str(path)
         self.busy_timeout = busy_timeout
+        #: How long, in all, a batch may wait for a lock another process holds on the file; then 503s.
+        self.lock_wait = lock_wait
+        #: When the batch waiting for the file's lock first found it taken, and its next try.
+        self._locked_since: float | None = None
+        self._lock_retry: asyncio.TimerHandle | None = None
         if self.path != ":memory:" and not Path(self.path).resolve().parent.is_dir():
             raise ConfigError(f"cannot create the database {self.path!r}: its folder does not exist")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -362,6 +386,8 @@ class SqliteStore(Store):
             if self._syncer_loop is asyncio.get_running_loop():
                 return
             self._drop_syncer()  # its fsync was asked on a loop that is gone (asyncio.run twice)
+        if self._lock_retry is not None:
+            return  # a batch waits for the file's lock: its next try takes all that is pending
         batch, self._pending = self._pending, []
         if self._snapshots:
             snapshots, self._snapshots = self._snapshots, []
@@ -381,15 +407,16 @@ class SqliteStore(Store):
         try:
             self._write(self._writer, batch)
             outcomes: list[EnvError | None] = [None] * len(batch)
-        except Exception:
-            # Something in the batch failed: find out which, one transaction per caller.
-            outcomes = []
-            for item in batch:
-                try:
-                    self._write(self._writer, [item])
-                    outcomes.append(None)
-                except Exception as e:
-                    outcomes.append(_translate(e, item[0][0][0] if item[0] else ""))  # () is a sync
+            self._locked_since = None
+        except Exception as e:
+            if _busy(e):  # another process holds the file: nothing in the batch is at fault
+                if self._wait_for_lock(batch):
+                    return
+                outcomes = [_translate(e, "")] * len(batch)  # held too long: each call a 503
+            else:
+                # Something in the batch failed: find out which, one transaction per caller.
+                self._locked_since = None
+                outcomes = [self._write_alone(item) for item in batch]
         if self._syncs and None in outcomes:
             try:
                 self._request_sync()
@@ -400,6 +427,31 @@ class SqliteStore(Store):
                 self._in_flight = (batch, outcomes, asyncio.get_running_loop().create_future())
                 return
         _settle(batch, outcomes)
+
+    def _write_alone(self, item: _Append) -> EnvError | None:
+        """Write one caller's append in a transaction of its own: None, or why it failed."""
+        try:
+            self._write(self._writer, [item])
+        except Exception as e:
+            return _translate(e, item[0][0][0] if item[0] else "")  # () is a sync
+        return None
+
+    def _wait_for_lock(self, batch: list[_Append]) -> bool:
+        """True if `batch`, refused because another process holds the file locked, may wait for
+        it longer: it goes back in front of the pending appends, tried again with them shortly."""
+        loop = asyncio.get_running_loop()
+        if self._locked_since is None:
+            self._locked_since = loop.time()
+        if loop.time() - self._locked_since >= self.lock_wait:
+            self._locked_since = None  # waited long enough: its calls are 503s, the next batch waits anew
+            return False
+        self._pending[:0] = batch
+        self._lock_retry = loop.call_later(LOCK_RETRY, self._retry_locked)
+        return True
+
+    def _retry_locked(self) -> None:
+        self._lock_retry = None
+        self._flush()
 
     # -- durability: the syncer ----------------------------------------------------------------
 
@@ -580,8 +632,12 @@ class SqliteStore(Store):
             return
         self._closed = True
         self._flush()
-        while self._in_flight is not None:  # the last fsyncs (each commits what waited on it)
-            await asyncio.wait([self._in_flight[2]])
+        # The last fsyncs (each commits what waited on it), and a batch waiting for the file's lock.
+        while self._in_flight is not None or self._lock_retry is not None:
+            if self._in_flight is not None:
+                await asyncio.wait([self._in_flight[2]])
+            else:
+                await asyncio.sleep(LOCK_RETRY)
         self._drop_syncer()  # its stdin closed, it exits
         self._readers.shutdown(wait=True)
         with self._connections_lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,18 +149,44 @@ async def test_a_locked_database_is_503_and_service_resumes(
     aiohttp_client: ClientFactory, db_path: Path
 ) -> None:
     client = await aiohttp_client(
-        create_app(counter_env, SqliteStore(db_path, busy_timeout=0.2)), cookie_jar=DummyCookieJar()
+        create_app(counter_env, SqliteStore(db_path, busy_timeout=0.2, lock_wait=0.5)),
+        cookie_jar=DummyCookieJar(),
     )
     agent = Agent(client)
     await agent.post("/seed_session", row(initial=0))
     other = sqlite3.connect(db_path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock, past lock_wait
     status, reply, _ = await agent.post("/increment_counter", {"count": 2})
     assert (status, reply["error"]) == (503, "store_unavailable") and "locked" in reply["detail"]
     other.execute("ROLLBACK")
     other.close()
     assert (await agent.post("/increment_counter", {"count": 3}))[0] == 200
     assert (await agent.post("/get_counter_value", {}))[1] == {"count": 3}
+
+
+async def test_a_lock_another_server_holds_for_a_while_delays_calls_but_fails_none(
+    aiohttp_client: ClientFactory, db_path: Path
+) -> None:
+    # Another server on the file holds its write lock for 0.6 s (a fork of 100 copies of a
+    # 1,000-event session takes about a second): the calls made meanwhile wait for it, where each
+    # batch that found the lock taken for longer than busy_timeout (0.1 s) was a 503, which NeMo
+    # Gym's agent hands to the model as the tool's output.
+    client = await aiohttp_client(create_app(counter_env, SqliteStore(db_path)), cookie_jar=DummyCookieJar())
+    agents = [Agent(client) for _ in range(8)]
+    for agent in agents:
+        await agent.post("/seed_session", row(initial=0))
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.6, other.execute, "ROLLBACK")
+        started = time.monotonic()
+        replies = await asyncio.gather(*(a.post("/increment_counter", {"count": 2}) for a in agents))
+        assert [r[:2] for r in replies] == [(200, {"success": True})] * 8
+        assert time.monotonic() - started >= 0.5  # they waited for the lock
+        for agent in agents:
+            assert (await agent.post("/get_counter_value", {}))[1] == {"count": 2}  # applied once
+    finally:
+        other.close()
 
 
 # -- lifecycle and caps ---------------------------------------------------------------------------

@@ -378,3 +378,24 @@ def test_a_store_written_before_sync_and_append_many_still_works() -> None:
     # `Store` is public: a backend written against it before these two were added must not be
     # refused as abstract. Their defaults fit a store whose append returns once durable.
     assert Store.__abstractmethods__.isdisjoint({"sync", "append_many"})
+
+
+async def test_an_append_waiting_for_another_process_lock_is_written_and_close_waits_for_it(
+    db_path: Path,
+) -> None:
+    store = SqliteStore(db_path)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another server on the file, mid-transaction
+        pending = asyncio.ensure_future(store.append("s", log(2)))
+        await asyncio.sleep(0.3)  # past busy_timeout: it waits on, nothing failed or written
+        assert not pending.done()
+        closing = asyncio.ensure_future(store.close())  # a server stopping: it writes what waits
+        await asyncio.sleep(0.1)
+        assert not closing.done()
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(asyncio.gather(pending, closing), 5)
+        assert [e.seq for e in SqliteStore.read_sync(other, "s")] == [1, 2]
+    finally:
+        other.close()
+        await store.close()
