@@ -143,3 +143,44 @@ async def test_more_connections_than_the_shells_open_files_limit_still_get_their
             for _, writer in others:
                 writer.close()
         assert server.stop() == 0
+
+
+async def test_two_servers_sharing_one_log_answer_rollouts_routed_between_them(tmp_path: Path) -> None:
+    # README: several servers may share one log file. Each call of a rollout goes to the server
+    # the previous one did not (so each finds its fold stale), every increment is retried with its
+    # Idempotency-Key on the other server, and each named seed reaches both at once.
+    db = tmp_path / "shared.db"
+    with ServerProcess("counter", db) as a, ServerProcess("counter", db, "--sync", "NORMAL") as b:
+        urls = [a.url, b.url]
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+
+            async def rollout(i: int) -> None:
+                row = counter_row(i, 0, i, i + 6) | {"_ng_session_id": f"rollout-{i}"}
+                seeds = await asyncio.gather(
+                    *(AgentClient(http, url).post("/seed_session", row) for url in urls)
+                )
+                assert [status for status, _ in seeds] == [200, 200]
+                client = AgentClient(http, urls[i % 2], cookie=f"esenv_session=rollout-{i}")
+                for k, count in enumerate((1, 2, 3)):
+                    for turn in range(2):  # the call, then its retry on the other server
+                        client.base = urls[(i + k + turn) % 2]
+                        reply = await client.post(
+                            "/increment_counter", {"count": count}, {"Idempotency-Key": f"k{k}"}
+                        )
+                        assert reply == (200, {"success": True})
+                client.base = urls[(i + 1) % 2]
+                assert await client.post("/get_counter_value", {}) == (200, {"count": i + 6})
+                client.base = urls[i % 2]
+                status, reply = await client.post("/verify", row | {"response": {"output": []}})
+                assert (status, reply["reward"]) == (200, 1.0)
+                client.base = urls[(i + 1) % 2]
+                assert (await client.post("/close_session", {}))[0] == 200
+
+            await asyncio.gather(*(rollout(i) for i in range(60)))
+        b.kill()
+    logs = stored_logs(db)
+    assert len(logs) == 60
+    for events in logs.values():
+        assert first_broken_link(events) is None
+        assert [e.kind for e in events] == ["seeded"] + ["tool_called"] * 4 + ["verified", "closed"]
+    assert main(["replay", "--db", str(db)]) == 0
