@@ -199,7 +199,7 @@ class JudgeClient:
             with urllib.request.urlopen(req, timeout=self.config.timeout) as resp:
                 raw = self._read(resp)
         except urllib.error.HTTPError as e:
-            detail = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace')}"
+            detail = f"HTTP {e.code}: {_error_body(e)}"
             if e.code == 429 or e.code >= 500:
                 raise _Transient(detail, _retry_after(e.headers.get("Retry-After"))) from e
             raise EffectFailed(f"the judge refused the request: {detail}", _KIND) from e
@@ -247,6 +247,17 @@ class JudgeClient:
         """Exponential backoff with jitter (so retries of many rollouts spread out), or what 429 asked."""
         delay = min(self.config.max_backoff, self.config.backoff * 2.0**attempt) * random.uniform(0.5, 1.0)
         return min(self.config.max_backoff, max(delay, asked or 0.0))
+
+
+def _error_body(error: urllib.error.HTTPError) -> str:
+    """The start of an error reply's body, for the message; what could be read of it if the judge
+    dropped the connection or stalled mid-body (the status alone decides whether to retry)."""
+    try:
+        raw = error.read(200)
+    except (OSError, http.client.HTTPException) as e:
+        raw = getattr(e, "partial", b"")
+        raw = (raw if isinstance(raw, bytes) else b"") + f" [body cut short: {type(e).__name__}]".encode()
+    return raw[:200].decode(errors="replace")
 
 
 def _retry_after(value: str | None) -> float | None:

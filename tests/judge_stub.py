@@ -21,7 +21,8 @@ class StubJudge:
     """`with StubJudge() as judge:` serves `judge.base_url` until the block ends."""
 
     def __init__(self, *, hold: float = 0.0, slow: float = 2.0) -> None:
-        #: What the next requests get, in order: "429", "500", "401", "malformed", "slow", "noverdict".
+        #: What the next requests get, in order: "429", "500", "401", "malformed", "slow", "noverdict",
+        #: "drip", "500cut" (a 500 whose body is cut short: the connection closes mid-reply).
         self.plan: list[str] = []
         #: Every request: (path, body).
         self.requests: list[tuple[str, dict[str, Any]]] = []
@@ -82,6 +83,15 @@ class StubJudge:
             await asyncio.sleep(self.slow if fault == "slow" else self.hold)
             if fault in ("429", "500", "401"):
                 return web.json_response({"error": {"message": f"stub fault {fault}"}}, status=int(fault))
+            if fault == "500cut":
+                stream = web.StreamResponse(status=500, headers={"Content-Type": "application/json"})
+                stream.content_length = 1000
+                await stream.prepare(request)
+                await stream.write(b'{"error": {"message": "upstream')
+                await asyncio.sleep(0.05)
+                assert request.transport is not None
+                request.transport.close()
+                return stream
             if fault == "malformed":
                 return web.Response(text='{"choices": [', content_type="application/json")
             text = (

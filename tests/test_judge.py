@@ -156,6 +156,18 @@ def test_429_500_and_malformed_replies_are_retried() -> None:
     assert result["text"] == "I am not sure."
 
 
+def test_an_error_reply_cut_short_is_retried_not_a_crash() -> None:
+    # A 500 whose body the judge (or a proxy) drops mid-way: reading it raised IncompleteRead out of
+    # the client, so /verify was a 500 tool_failed, with nothing recorded and no retry.
+    with StubJudge() as judge:
+        judge.plan = ["500cut", "500cut"]
+        result = client_for(judge).perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
+        assert len(judge.requests) == 3 and result["text"].endswith("VERDICT: CORRECT")
+        judge.plan = ["500cut"] * 3
+        with pytest.raises(EffectFailed, match=r"failed 3 time\(s\); last: HTTP 500"):
+            client_for(judge, max_retries=2).perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
+
+
 def test_a_slow_judge_times_out_and_is_retried() -> None:
     with StubJudge(slow=2.0) as judge:
         judge.plan = ["slow"]
