@@ -24,6 +24,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ def _check(name: str, value: Any) -> None:
         if not isinstance(value, str):
             shown = "something else" if name == "api_key" else repr(value)  # a key is not repeated
             raise ConfigError(f"judge setting {name} must be a string, not {shown}")
+        if name == "base_url":
+            _check_url(value)
     elif name == "api":
         if value not in API_PATHS:
             raise ConfigError(f"judge API must be one of {', '.join(API_PATHS)}, not {value!r}")
@@ -75,6 +78,26 @@ def _check(name: str, value: Any) -> None:
             what = "an integer" if integer else "a number"
             bound = f"above {low}" if strict else f"of at least {low}"
             raise ConfigError(f"judge setting {name} must be {what} {bound}, not {value!r}")
+
+
+def _check_url(url: str) -> None:
+    """Raise ConfigError unless `url` can be a judge's base URL: else the server would start and
+    every judge call fail, after its retries, with each rollout scored 0."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port  # out of range or not a number: ValueError
+    except ValueError as e:
+        raise ConfigError(f"the judge base URL has a bad host or port: {e}") from e
+    if parts.username is not None or parts.password is not None:  # the URL is shown: no key in it
+        raise ConfigError("the judge base URL must not hold credentials: give the key as ESENV_JUDGE_API_KEY")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ConfigError(
+            f"the judge base URL must start with http:// or https:// (e.g. http://host/v1), not {url!r}"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"the judge base URL names no host: {url!r} (e.g. http://host/v1)")
+    if port == 0:
+        raise ConfigError(f"the judge base URL has a bad host or port: port 0 in {url!r}")
 
 
 def check_settings(given: Mapping[str, Any]) -> None:

@@ -292,6 +292,31 @@ def test_the_judge_comes_from_options_or_the_environment() -> None:
             JudgeConfig.resolve(given, environ)
 
 
+def test_a_judge_url_that_cannot_be_right_is_refused_at_start(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # These were accepted: the server started, then every rollout's judge call failed after its
+    # retries (URLError: unknown url type), each scored 0 as judge_failed; a key in the URL was
+    # printed in the start line.
+    for url, message in [
+        ("127.0.0.1:9000/v1", "must start with http:// or https://"),
+        ("htp://127.0.0.1:9000/v1", "must start with http:// or https://"),
+        ("http:/127.0.0.1:9000/v1", "names no host"),
+        ("http://127.0.0.1:90000/v1", "port"),
+        ("http://user:sk-secret@127.0.0.1:9000/v1", "ESENV_JUDGE_API_KEY"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            JudgeConfig.resolve({"model": "m", "base_url": url}, {})
+        flags = ["--judge-base-url", url, "--judge-model", "m"]
+        assert main(["serve", "qa_judge", "--db", str(db_path), "--port", "0", *flags]) == 2
+        err = capsys.readouterr().err
+        assert "judge base URL" in err and "sk-secret" not in err, err
+        assert "rejudge" not in err
+        assert main(["reverify", "--db", str(db_path), "--rejudge", *flags]) == 2
+        assert "judge base URL" in capsys.readouterr().err
+    assert JudgeConfig.resolve({"model": "m", "base_url": "HTTPS://judge.example:8443/v1"}, {}) is not None
+
+
 async def test_rejudging_keeps_the_judges_concurrency_busy(
     aiohttp_client: ClientFactory, db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
