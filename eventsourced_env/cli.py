@@ -268,7 +268,7 @@ def serve_command(
         except BaseException:  # the app owns the store once made; until then, it is closed here
             await store.close()
             raise
-        await serve(app, host=host, port=port, announce=announce)
+        await serve(app, host=host, port=port, announce=announce, on_stop=judge.close if judge else None)
 
     try:
         asyncio.run(run())

@@ -167,6 +167,13 @@ class JudgeClient:
     def __init__(self, config: JudgeConfig) -> None:
         self.config = config
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop asking: a call waiting for a slot or a retry fails now, one in flight after its
+        attempt (at most the timeout). The server's threads would otherwise keep retrying for
+        replies no one waits for, and hold the process after SIGTERM for minutes."""
+        self._closed.set()
 
     def performers(self) -> dict[str, Callable[[Any], Any]]:
         """The performers this client provides, by effect kind."""
@@ -182,13 +189,16 @@ class JudgeClient:
         while True:
             try:
                 with self._slots:
+                    if self._closed.is_set():
+                        raise EffectFailed("the judge was not asked: the server is stopping", _KIND)
                     reply = self._post(url, body)
                 text = self._text(reply)
             except _Transient as e:
                 failures += 1
                 if failures > self.config.max_retries:
                     raise EffectFailed(f"the judge failed {failures} time(s); last: {e}", _KIND) from e
-                time.sleep(self._delay(failures - 1, e.wait))
+                if self._closed.wait(self._delay(failures - 1, e.wait)):
+                    raise EffectFailed(f"the server is stopping; the judge failed: {e}", _KIND) from e
                 continue
             return {
                 "api": self.config.api,

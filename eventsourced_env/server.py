@@ -419,8 +419,12 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     announce: Callable[[str], None] = print,
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, then drain in-flight calls and flush the log.
+
+    `on_stop` runs when the signal comes, before the drain (the CLI closes its judge there, so the
+    drain waits for judge attempts in flight, not for their retries).
 
     The cyclic garbage collector runs rarely while serving (`rare_gc`); the soft limit on open
     files is lifted to the hard one (`raise_open_files_limit`).
@@ -439,5 +443,7 @@ async def serve(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
+            if on_stop is not None:
+                on_stop()
         finally:
             await runner.cleanup()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from eventsourced_env.replay import check_log, reverify_logs
 from eventsourced_env.server import create_app
 from tests.conftest import ClientFactory
 from tests.judge_stub import StubJudge
+from tests.serverproc import ServerProcess
 from tests.test_replay import scan_logs
 from tests.test_server import Agent
 
@@ -34,7 +39,9 @@ ROWS = [
 
 def client_for(judge: StubJudge, **settings: Any) -> JudgeClient:
     """A judge client of the stub, with quick backoff so retried tests stay short."""
-    return JudgeClient(JudgeConfig(base_url=judge.base_url, model="stub-judge", backoff=0.01, **settings))
+    return JudgeClient(
+        JudgeConfig(base_url=judge.base_url, model="stub-judge", **{"backoff": 0.01, **settings})
+    )
 
 
 async def qa_server(
@@ -166,6 +173,88 @@ def test_an_error_reply_cut_short_is_retried_not_a_crash() -> None:
         judge.plan = ["500cut"] * 3
         with pytest.raises(EffectFailed, match=r"failed 3 time\(s\); last: HTTP 500"):
             client_for(judge, max_retries=2).perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
+
+
+def test_a_closed_client_stops_retrying_and_asks_no_more() -> None:
+    # The server closes its judge when it stops: its threads kept retrying (and waiting out their
+    # backoff) for replies no one would read, which held the process for minutes after SIGTERM.
+    with StubJudge(hold=0.3) as judge:
+        judge.plan = ["500"] * 100
+        client = client_for(judge, max_retries=50, backoff=30.0, max_backoff=30.0, max_concurrency=1)
+        outcomes: list[str] = []
+
+        def ask() -> None:
+            try:
+                client.perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
+                outcomes.append("answered")
+            except EffectFailed as e:
+                outcomes.append(e.detail)
+
+        threads = [threading.Thread(target=ask, daemon=True) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # each has had its 500 (0.3 s each, one at a time) and waits out its backoff
+        started = time.monotonic()
+        client.close()
+        for thread in threads:
+            thread.join(5)
+        assert time.monotonic() - started < 1.0 and not any(t.is_alive() for t in threads)
+        assert len(judge.requests) == 3
+        assert all(o.startswith("the server is stopping; the judge failed: HTTP 500") for o in outcomes)
+        with pytest.raises(EffectFailed, match="not asked: the server is stopping"):
+            client.perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
+        assert len(judge.requests) == 3
+
+
+def test_sigterm_while_the_judge_fails_ends_its_retries_and_records_the_failure(db_path: Path) -> None:
+    # The drain waited for every in-flight verification's retries and backoff against a judge that
+    # was down (minutes with the defaults) before the process exited; the judge is now closed when
+    # the signal comes: attempts in flight finish, none is retried, each /verify is answered.
+    with (
+        StubJudge() as judge,
+        ServerProcess(
+            "qa_judge",
+            db_path,
+            "--judge-base-url",
+            judge.base_url,
+            "--judge-model",
+            "m",
+            "--judge-retries",
+            "50",
+        ) as server,
+    ):
+        judge.plan = ["500"] * 1000
+        url = server.url
+
+        def rollout(i: int) -> dict[str, Any]:
+            seeded = urllib.request.urlopen(
+                urllib.request.Request(url + "/seed_session", orjson.dumps(ROWS[0]))
+            )
+            cookie = {"Cookie": seeded.headers["Set-Cookie"].split(";")[0]}
+            call = urllib.request.Request(url + "/answer", orjson.dumps({"text": "Mara Voss"}), cookie)
+            urllib.request.urlopen(call).read()
+            body = orjson.dumps({**ROWS[0], "response": {"output": []}})
+            reply: dict[str, Any] = orjson.loads(
+                urllib.request.urlopen(
+                    urllib.request.Request(url + "/verify", body, cookie), timeout=60
+                ).read()
+            )
+            return reply
+
+        with ThreadPoolExecutor(3) as pool:
+            replies = [pool.submit(rollout, i) for i in range(3)]
+            deadline = time.monotonic() + 10
+            while len(judge.requests) < 6 and time.monotonic() < deadline:  # each in its backoff
+                time.sleep(0.05)
+            started = time.monotonic()
+            assert server.stop() == 0
+            assert time.monotonic() - started < 5
+            for reply in replies:
+                answer = reply.result()
+                assert (answer["reward"], answer["_ng_failure_class"]) == (0.0, "judge_failed")
+                assert answer["_ng_failure_judge_error"].startswith("the server is stopping")
+    failures = [d["failure"]["error"] for d in verified_data(db_path)]
+    assert len(failures) == 3 and all(f.startswith("the server is stopping") for f in failures)
 
 
 def test_a_slow_judge_times_out_and_is_retried() -> None:
