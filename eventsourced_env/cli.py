@@ -476,7 +476,7 @@ def reverify_command(
         esenv reverify --db runs.db --env my_env.py --json
         esenv reverify --db runs.db --rejudge --judge-base-url http://127.0.0.1:9000/v1 --judge-model m
     """
-    performers, threads = None, 1
+    performers, threads, judge = None, 1, None
     if rejudge:
         judge = _judge({key: judge_options[option] for option, key in _JUDGE_OPTIONS.items()})
         if judge is None:
@@ -485,10 +485,14 @@ def reverify_command(
             )
         performers, threads = judge.performers(), judge.config.max_concurrency
     ids = _session_ids(db, (), env_spec)
-    with _progress(len(ids), "re-verifying") as progress:
-        report = reverify_file(
-            db, ids, _resolver(env_spec), performers, jobs or default_jobs(), progress, threads=threads
-        )
+    try:
+        with _progress(len(ids), "re-verifying") as progress:
+            report = reverify_file(
+                db, ids, _resolver(env_spec), performers, jobs or default_jobs(), progress, threads=threads
+            )
+    finally:  # interrupted: the judge calls in flight end with their attempt, not after their retries
+        if judge is not None:
+            judge.close()
     summary = report.to_json()
     if as_json:
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -192,8 +192,15 @@ def reverify_file(
         if threads <= 1:
             report = reverify_logs(logs, resolve, performers)
         else:  # read here (the view is this thread's), scored on the threads, reported in order
-            with ThreadPoolExecutor(threads, thread_name_prefix="esenv-rejudge") as pool:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="esenv-rejudge")
+            try:
                 parts = list(pool.map(lambda log: reverify_logs([log], resolve, performers), list(logs)))
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM): the sessions not begun are not judged at all, and the
+                # caller closes its judge for those in flight (`with` waited for every one queued).
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
             report = ReverifyReport(
                 [r for part in parts for r in part.results], [e for part in parts for e in part.errors]
             )

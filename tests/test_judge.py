@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -255,6 +258,34 @@ def test_sigterm_while_the_judge_fails_ends_its_retries_and_records_the_failure(
                 assert answer["_ng_failure_judge_error"].startswith("the server is stopping")
     failures = [d["failure"]["error"] for d in verified_data(db_path)]
     assert len(failures) == 3 and all(f.startswith("the server is stopping") for f in failures)
+
+
+def test_an_interrupted_rejudging_stops_asking_the_judge(db_path: Path) -> None:
+    # SIGTERM (or Ctrl-C) during `reverify --rejudge` waited, at exit, for every session queued on
+    # its threads to be judged, retries and all: it kept calling (and paying) the judge for minutes.
+    with ServerProcess("qa_judge", db_path) as server:  # no judge: the rules score them
+        for _ in range(12):
+            seeded = urllib.request.urlopen(
+                urllib.request.Request(server.url + "/seed_session", orjson.dumps(ROWS[0]))
+            )
+            cookie = {"Cookie": seeded.headers["Set-Cookie"].split(";")[0]}
+            body = orjson.dumps({**ROWS[0], "response": {"output": []}})
+            call = urllib.request.Request(server.url + "/answer", orjson.dumps({"text": "Mara Voss"}), cookie)
+            urllib.request.urlopen(call).read()
+            urllib.request.urlopen(urllib.request.Request(server.url + "/verify", body, cookie)).read()
+        assert server.stop() == 0
+    with StubJudge(hold=5.0) as judge:  # every attempt times out
+        flags = ["--judge-base-url", judge.base_url, "--judge-model", "m", "--judge-timeout", "0.5"]
+        command = [sys.executable, "-m", "eventsourced_env", "reverify", "--db", str(db_path), "--rejudge"]
+        with subprocess.Popen([*command, *flags, "--judge-concurrency", "2"], stderr=subprocess.PIPE) as proc:
+            deadline = time.monotonic() + 20
+            while len(judge.requests) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 3
+        assert len(judge.requests) <= 4  # the two in flight, perhaps a retry each: not 12 sessions' worth
 
 
 def test_a_slow_judge_times_out_and_is_retried() -> None:
