@@ -34,11 +34,13 @@ import orjson
 
 from .errors import ConfigError, EffectFailed
 
-__all__ = ["API_PATHS", "JudgeClient", "JudgeConfig", "check_settings"]
+__all__ = ["API_PATHS", "MAX_REPLY", "JudgeClient", "JudgeConfig", "check_settings"]
 
 Api = Literal["chat", "responses"]
 API_PATHS: dict[str, str] = {"chat": "/chat/completions", "responses": "/responses"}
 _KIND = "judge"
+#: The largest judge reply read (bytes): the event records its text and the whole reply.
+MAX_REPLY = 8 << 20
 
 
 class _Transient(Exception):
@@ -250,9 +252,14 @@ class JudgeClient:
         """The reply's body, within the timeout as a whole: the socket's own applies to each read,
         so a judge (or proxy) that trickles its reply in could otherwise hold the call for ever."""
         deadline = time.monotonic() + self.config.timeout
-        chunks = []
+        chunks, size = [], 0
         while chunk := resp.read1(65536):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REPLY:  # a runaway judge: each reply would be held whole, and logged twice
+                raise EffectFailed(
+                    f"the judge's reply is larger than {MAX_REPLY >> 20} MiB; not recorded", _KIND
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the reply took longer than the {self.config.timeout:g} s timeout")
         return b"".join(chunks)

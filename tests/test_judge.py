@@ -288,6 +288,17 @@ def test_an_interrupted_rejudging_stops_asking_the_judge(db_path: Path) -> None:
         assert len(judge.requests) <= 4  # the two in flight, perhaps a retry each: not 12 sessions' worth
 
 
+def test_a_runaway_reply_is_a_failure_not_a_huge_event() -> None:
+    # A judge that ignored max_tokens and answered 9 MiB (or 1 GB) was read whole into memory and
+    # recorded in the verified event twice (its text and the whole reply): a 40 MB event for a
+    # 20 MB reply, and past SQLite's 1 GB limit for a large enough one.
+    with StubJudge() as judge:
+        judge.plan = ["huge"]
+        with pytest.raises(EffectFailed, match="larger than 8 MiB"):
+            client_for(judge).perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
+        assert len(judge.requests) == 1
+
+
 def test_a_slow_judge_times_out_and_is_retried() -> None:
     with StubJudge(slow=2.0) as judge:
         judge.plan = ["slow"]
