@@ -185,7 +185,18 @@ class JudgeClient:
         """Ask the judge; the recordable result, or EffectFailed once the retries are spent."""
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise EffectFailed('a judge request must be {"messages": [...], ...}', _KIND)
-        body = self._body(request)
+        key = self.config.api_key
+        try:
+            return self._ask(self._body(request))
+        except EffectFailed as e:
+            # The judge's words are recorded and returned to the agent: a judge or proxy that
+            # repeats the request's Authorization header must not put the key there.
+            if key and key in e.detail:
+                raise EffectFailed(e.detail.replace(key, "[API key]"), _KIND) from None
+            raise
+
+    def _ask(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`perform`'s attempts, retries and backoff."""
         url = self.config.base_url + API_PATHS[self.config.api]
         failures = 0
         while True:

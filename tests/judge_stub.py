@@ -22,7 +22,8 @@ class StubJudge:
 
     def __init__(self, *, hold: float = 0.0, slow: float = 2.0) -> None:
         #: What the next requests get, in order: "429", "500", "401", "malformed", "slow", "noverdict",
-        #: "drip", "500cut" (a 500 whose body is cut short: the connection closes mid-reply), "huge".
+        #: "drip", "500cut" (a 500 whose body is cut short: the connection closes mid-reply), "huge",
+        #: "401echo" (a refusal that repeats the request's Authorization header).
         self.plan: list[str] = []
         #: Every request: (path, body).
         self.requests: list[tuple[str, dict[str, Any]]] = []
@@ -92,6 +93,9 @@ class StubJudge:
                 assert request.transport is not None
                 request.transport.close()
                 return stream
+            if fault == "401echo":  # a proxy that repeats the request's headers in its refusal
+                said = f"bad key: {request.headers.get('Authorization')}"
+                return web.json_response({"error": {"message": said}}, status=401)
             if fault == "huge":  # a runaway judge: a valid reply of 9 MiB and more
                 text = "x" * (9 << 20) + "\nVERDICT: CORRECT"
                 return web.json_response(

@@ -299,6 +299,20 @@ def test_a_runaway_reply_is_a_failure_not_a_huge_event() -> None:
         assert len(judge.requests) == 1
 
 
+def test_a_judge_that_repeats_the_key_does_not_get_it_recorded() -> None:
+    # The judge's own words go into the error, which the verified event records and /verify
+    # returns to the agent (_ng_failure_judge_error): a judge or proxy that echoed the request's
+    # Authorization header put the API key there, and into every export.
+    with StubJudge() as judge:
+        judge.plan = ["401echo"]
+        with pytest.raises(EffectFailed) as failed:
+            client_for(judge, api_key="sk-test-0123456789").perform(
+                judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss")
+            )
+    assert "sk-test-0123456789" not in failed.value.detail
+    assert "HTTP 401" in failed.value.detail and "Bearer [API key]" in failed.value.detail
+
+
 def test_a_slow_judge_times_out_and_is_retried() -> None:
     with StubJudge(slow=2.0) as judge:
         judge.plan = ["slow"]
