@@ -172,9 +172,9 @@ class JudgeClient:
         self._closed = threading.Event()
 
     def close(self) -> None:
-        """Stop asking: a call waiting for a slot or a retry fails now, one in flight after its
-        attempt (at most the timeout). The server's threads would otherwise keep retrying for
-        replies no one waits for, and hold the process after SIGTERM for minutes."""
+        """Stop retrying: a call in its backoff fails now, and every call gets one attempt at most
+        (a healthy judge still answers it). The server's threads would otherwise keep retrying
+        a failing judge, and hold the process after SIGTERM for minutes."""
         self._closed.set()
 
     def performers(self) -> dict[str, Callable[[Any], Any]]:
@@ -202,8 +202,6 @@ class JudgeClient:
         while True:
             try:
                 with self._slots:
-                    if self._closed.is_set():
-                        raise EffectFailed("the judge was not asked: the server is stopping", _KIND)
                     reply = self._post(url, body)
                 text = self._text(reply)
             except _Transient as e:

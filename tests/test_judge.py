@@ -178,7 +178,7 @@ def test_an_error_reply_cut_short_is_retried_not_a_crash() -> None:
             client_for(judge, max_retries=2).perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
 
 
-def test_a_closed_client_stops_retrying_and_asks_no_more() -> None:
+def test_a_closed_client_stops_retrying() -> None:
     # The server closes its judge when it stops: its threads kept retrying (and waiting out their
     # backoff) for replies no one would read, which held the process for minutes after SIGTERM.
     with StubJudge(hold=0.3) as judge:
@@ -204,9 +204,14 @@ def test_a_closed_client_stops_retrying_and_asks_no_more() -> None:
         assert time.monotonic() - started < 1.0 and not any(t.is_alive() for t in threads)
         assert len(judge.requests) == 3
         assert all(o.startswith("the server is stopping; the judge failed: HTTP 500") for o in outcomes)
-        with pytest.raises(EffectFailed, match="not asked: the server is stopping"):
+        # Once closed, a call has its one attempt (a healthy judge still answers), no retry.
+        with pytest.raises(EffectFailed, match="the server is stopping; the judge failed: HTTP 500"):
             client.perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))
-        assert len(judge.requests) == 3
+        assert len(judge.requests) == 4
+        judge.plan = []
+        assert client.perform(judge_request(qa_env.parse_task(ROWS[0]), "Mara Voss"))["text"].endswith(
+            "CORRECT"
+        )
 
 
 def test_sigterm_while_the_judge_fails_ends_its_retries_and_records_the_failure(db_path: Path) -> None:
