@@ -634,8 +634,9 @@ def export_command(
             return click.progressbar(length=total, label="exporting", file=sys.stderr)
 
     result = export(db, fmt, out, filters, force=force, progress=progress)
+    failed = f" ({result.failed} whose scoring failed to {result.files[1]})" if fmt == "nemo-rollouts" else ""
     click.echo(
-        f"exported {result.sessions} session(s), {result.events} event(s) as {fmt} to {out}"
+        f"exported {result.sessions} session(s), {result.events} event(s) as {fmt} to {out}{failed}"
         f" in {result.seconds:.2f} s",
         err=True,
     )

@@ -14,7 +14,9 @@ Formats (`FORMATS`):
 - `sqlite`: the selected sessions in a new log file with the same schema, usable by every command;
 - `nemo-rollouts`: one line per verified session, as NeMo Gym stores rollouts: the seed row (with
   the session's `session_seed`, so a stateless `/verify` replays its randomness), the latest
-  verified event's `response` and `reward` (and `reward_components` if any).
+  verified event's `response` and `reward` (and `reward_components` if any); a session whose
+  scoring failed goes, with `_ng_failure_class`, to `<stem>_failures.jsonl` beside it, as
+  `ng_collect_rollouts` files it.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class ExportResult:
     sessions: int
     events: int
     seconds: float
+    #: nemo-rollouts: of `sessions`, those whose scoring failed, written to the failures file (`files[1]`).
+    failed: int = 0
 
 
 def _session_row(s: SessionSummary) -> tuple[Any, ...]:
@@ -190,9 +194,21 @@ class _JsonlWriter:
         self._file.close()
 
 
+def failures_path(path: Path) -> Path:
+    """Where `ng_collect_rollouts` writes the rollouts of `path` that failed (`_ng_failure_class`):
+    `<stem>_failures.jsonl` beside it (nemo_gym/rollout_collection.py, `_failures_path_for`)."""
+    return path.with_name(path.stem + "_failures.jsonl")
+
+
 class _RolloutsWriter:
-    def __init__(self, path: Path) -> None:
+    """The rollouts as `ng_collect_rollouts` files them: the scored ones in the main file, those whose
+    scoring failed (a judge down) in the failures file beside it, which NeMo Gym's aggregation and
+    resumption do not read as samples (they see no `_ng_failure_class`: only the file tells them)."""
+
+    def __init__(self, path: Path, failures: Path) -> None:
         self._file = path.open("wb", buffering=1 << 20)
+        self._failures = failures.open("wb")
+        self.failed = 0
 
     def add(self, log: SessionLog) -> None:
         s = log.summary
@@ -202,12 +218,16 @@ class _RolloutsWriter:
         line = {"session_seed": s.seed, **(s.row or {}), "response": s.response, "reward": s.reward}
         if s.reward_components:
             line["reward_components"] = s.reward_components
-        if s.failure is not None:  # a judge that was down: NeMo Gym sets such a row aside
+        if s.failure is not None:  # a judge that was down: no sample, filed with the failures
             line.update(failure_fields(s.failure))
+            self._failures.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+            self.failed += 1
+            return
         self._file.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
         self._file.close()
+        self._failures.close()
 
 
 _FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
@@ -376,7 +396,7 @@ def output_paths(
     else:
         if out.is_dir():
             raise ConfigError(f"{fmt} writes one file, but {str(out)!r} is a folder; give a file path")
-        files = [out]
+        files = [out, failures_path(out)] if fmt == "nemo-rollouts" else [out]
     # The log and the files SQLite keeps beside it: writing over its WAL would lose its latest events.
     log = Path(db).resolve() if db is not None else None
     log_files = {Path(f"{log}{suffix}") for suffix in SQLITE_FILES} if log is not None else set()
@@ -432,7 +452,7 @@ def _writer(fmt: str, files: list[Path]) -> _Writer:
     if fmt == "jsonl":
         return _JsonlWriter(files[0])
     if fmt == "nemo-rollouts":
-        return _RolloutsWriter(files[0])
+        return _RolloutsWriter(files[0], files[1])
     if fmt == "sqlite":
         return _SqliteWriter(files[0])
     if fmt == "csv":
@@ -472,4 +492,5 @@ def export(
                     events += len(log.events)
         finally:
             writer.close()
-    return ExportResult(fmt, files, sessions, events, time.perf_counter() - started)
+    failed = writer.failed if isinstance(writer, _RolloutsWriter) else 0
+    return ExportResult(fmt, files, sessions, events, time.perf_counter() - started, failed)

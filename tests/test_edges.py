@@ -48,6 +48,7 @@ from eventsourced_env.conformance import run_oracle, trajectory_response
 from eventsourced_env.errors import ConfigError
 from eventsourced_env.events import VERIFIED, make_event
 from eventsourced_env.loader import load_environment
+from eventsourced_env.metrics import aggregate_metrics
 from eventsourced_env.parallel import map_sessions
 from eventsourced_env.replay import ReverifyReport, reverify_log
 from eventsourced_env.server import HEADER, IDEMPOTENCY_HEADER, SESSIONS, create_app
@@ -700,9 +701,8 @@ def test_sessions_limit_past_64_bits_is_a_usage_error(
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_a_failed_judgement_is_no_sample_in_exports_stats_and_reverify(
-    db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _judged_env() -> Environment[Any, Any]:
+    """An environment whose judge is down for level 2."""
     env: Environment[Any, Any] = Environment("judged", version="1", task=Level, effects=("judge",))
     env.initial(lambda task, ctx: Box())
 
@@ -715,15 +715,68 @@ def test_a_failed_judgement_is_no_sample_in_exports_stats_and_reverify(
         return 1.0 if ctx.effect("judge", {"level": task.level}) == "correct" else 0.0
 
     env.verifier(verify)
+    return env
 
-    def judge(request: dict[str, Any]) -> str:
-        if request["level"] == 2:
-            raise EffectFailed("the judge is down", "judge")
-        return "correct"
+
+def _judge(request: dict[str, Any]) -> str:
+    if request["level"] == 2:
+        raise EffectFailed("the judge is down", "judge")
+    return "correct"
+
+
+def _judged_log(db_path: Path, env: Environment[Any, Any]) -> None:
+    """Levels 1 and 2 (task indexes 1 and 2) verified once each: the judge is down for level 2."""
 
     async def build() -> None:
         store = SqliteStore(db_path)
-        live = Sessions(env, store, performers={"judge": judge})
+        live = Sessions(env, store, performers={"judge": _judge})
+        for level in (1, 2):
+            sid = await live.seed({"level": level, "_ng_task_index": level, "_ng_rollout_index": 0})
+            await live.verify(sid, {"output": []})
+        live.shutdown()
+        await store.close()
+
+    asyncio.run(build())
+
+
+def test_a_failed_judgement_goes_to_the_failures_file_as_ng_collect_rollouts_files_it(
+    db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ng_collect_rollouts (nemo_gym 0.4.0, rollout_collection.py) writes a result with
+    # `_ng_failure_class` to `<stem>_failures.jsonl`, never to the rollouts file: no reader of that
+    # file (`gym eval aggregate`, RewardProfiler, compute_aggregate_metrics, the resume cache) looks
+    # at `_ng_failure_class`. Our export put it among the rollouts, so NeMo Gym's aggregate counted
+    # the judge outage as a reward of 0 (mean/reward 0.5 where `esenv stats` said 1.0), and a
+    # resumed collection took it for done.
+    _judged_log(db_path, _judged_env())
+    out = tmp_path / "rollouts.jsonl"
+    assert main(["export", "--db", str(db_path), "--format", "nemo-rollouts", "--out", str(out)]) == 0
+    assert "(1 whose scoring failed to " in capsys.readouterr().err
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [line["level"] for line in lines] == [1]
+    failures = [
+        orjson.loads(line) for line in (tmp_path / "rollouts_failures.jsonl").read_bytes().splitlines()
+    ]
+    assert [(f["level"], f["_ng_failure_class"], f["reward"]) for f in failures] == [(2, "judge_failed", 0.0)]
+    # The rollouts file's mean reward (what NeMo Gym's aggregate reports) is esenv stats'.
+    assert (
+        aggregate_metrics(lines)["key_metrics"]["mean/reward"]
+        == stats(db_path)["envs"]["judged"]["reward"]["mean"]
+    )
+    # The failures file is an output like the other: not written over without --force.
+    out.unlink()
+    assert main(["export", "--db", str(db_path), "--format", "nemo-rollouts", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_a_failed_judgement_is_no_sample_in_exports_stats_and_reverify(
+    db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = _judged_env()
+
+    async def build() -> None:
+        store = SqliteStore(db_path)
+        live = Sessions(env, store, performers={"judge": _judge})
         for level in (1, 2):
             sid = await live.seed({"level": level, "_ng_task_index": level})
             await live.verify(sid, {"output": []})
@@ -733,8 +786,11 @@ def test_a_failed_judgement_is_no_sample_in_exports_stats_and_reverify(
     asyncio.run(build())
     out = tmp_path / "rollouts.jsonl"
     assert main(["export", "--db", str(db_path), "--format", "nemo-rollouts", "--out", str(out)]) == 0
-    ok, failed = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    (ok,) = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert "_ng_failure_class" not in ok and ok["reward"] == 1.0
+    (failed,) = [
+        orjson.loads(line) for line in (tmp_path / "rollouts_failures.jsonl").read_bytes().splitlines()
+    ]
     assert failed["_ng_failure_class"] == "judge_failed" and "down" in failed["_ng_failure_judge_error"]
     report = stats(db_path)["envs"]["judged"]
     assert (report["verified"], report["scoring_failed"], report["reward"]["mean"]) == (2, 1, 1.0)
