@@ -640,6 +640,13 @@ def export_command(
         f" in {result.seconds:.2f} s",
         err=True,
     )
+    if result.forks:
+        click.echo(
+            f"warning: {result.forks} of the rollouts are forks, which keep their parent's _ng_task_index and"
+            " _ng_rollout_index: NeMo Gym's aggregate metrics and reward profiling refuse a file in which two"
+            " rollouts share both (give --session to choose)",
+            err=True,
+        )
 
 
 @cli.command(name="stats")

@@ -111,6 +111,8 @@ class ExportResult:
     seconds: float
     #: nemo-rollouts: of `sessions`, those whose scoring failed, written to the failures file (`files[1]`).
     failed: int = 0
+    #: nemo-rollouts: of the lines in the rollouts file, those of forks (their parent's `_ng_*` indexes).
+    forks: int = 0
 
 
 def _session_row(s: SessionSummary) -> tuple[Any, ...]:
@@ -209,6 +211,7 @@ class _RolloutsWriter:
         self._file = path.open("wb", buffering=1 << 20)
         self._failures = failures.open("wb")
         self.failed = 0
+        self.forks = 0  # lines of forks, which carry their parent's row and so its task and rollout index
 
     def add(self, log: SessionLog) -> None:
         s = log.summary
@@ -223,6 +226,7 @@ class _RolloutsWriter:
             self._failures.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
             self.failed += 1
             return
+        self.forks += s.parent is not None
         self._file.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
@@ -492,5 +496,5 @@ def export(
                     events += len(log.events)
         finally:
             writer.close()
-    failed = writer.failed if isinstance(writer, _RolloutsWriter) else 0
-    return ExportResult(fmt, files, sessions, events, time.perf_counter() - started, failed)
+    failed, forks = (writer.failed, writer.forks) if isinstance(writer, _RolloutsWriter) else (0, 0)
+    return ExportResult(fmt, files, sessions, events, time.perf_counter() - started, failed, forks)

@@ -546,6 +546,32 @@ async def test_nemo_rollouts_rescore_the_same_through_a_stateless_verify(
         assert reply["reward"] == line["reward"]
 
 
+def test_a_nemo_rollouts_export_warns_of_forks_sharing_their_parents_indexes(
+    db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A fork keeps its parent's row, so its line has the parent's (_ng_task_index, _ng_rollout_index).
+    # NeMo Gym 0.4.0 keys rollouts by that pair: RewardProfiler._index_by_rollout_key
+    # (nemo_gym/reward_profile.py), which compute_aggregate_metrics and `gym eval profile` use,
+    # raises "Duplicate ... row for rollout key (0, 0)". The export said nothing of it.
+    async def make() -> None:
+        store = SqliteStore(db_path)
+        sessions = Sessions(counter_env, store)
+        parent = await sessions.seed(row(expected=1, _ng_task_index=0, _ng_rollout_index=0))
+        await sessions.call(parent, "increment_counter", {"count": 1})
+        await sessions.verify(parent, {"output": []})
+        [child] = await sessions.fork(parent, at=1)
+        await sessions.verify(child, {"output": []})
+        await store.close()
+
+    asyncio.run(make())
+    out = tmp_path / "rollouts.jsonl"
+    assert main(["export", "--db", str(db_path), "--format", "nemo-rollouts", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(line["_ng_task_index"], line["_ng_rollout_index"]) for line in lines] == [(0, 0), (0, 0)]
+    assert "warning: 1 of the rollouts are forks" in capsys.readouterr().err
+    assert export(db_path, "nemo-rollouts", tmp_path / "r.jsonl").forks == 1
+
+
 def test_a_fork_names_its_parent(db_path: Path, tmp_path: Path) -> None:
     async def make() -> tuple[str, str, str]:
         store = SqliteStore(db_path)
