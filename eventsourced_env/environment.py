@@ -273,6 +273,65 @@ class Tool:
         return args.model_dump(mode="json", by_alias=True)
 
 
+# The keywords whose value is a schema, a list of schemas, or a map of names to schemas; any other
+# keyword's value (default, enum, const, examples…) is data, where a "$ref" key is just a key.
+_SUBSCHEMA = frozenset(
+    {"items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else"}
+)
+_SUBSCHEMAS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas"})
+
+
+class _NotInlinable(Exception):
+    """A `$ref` that cannot be written out: a model that contains itself, or not a `$defs` entry."""
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with every `#/$defs/…` reference replaced by the definition it names, and no `$defs`.
+
+    pydantic puts each nested model, Enum and union member in `$defs`, referred to by `$ref`. Many
+    consumers of a tool's parameters do not resolve them: vLLM's `tool_choice="required"` merges
+    every tool's `$defs` into one and fails on two tools whose definitions share a name, other
+    servers and chat templates leave a bare `$ref` for the model to puzzle over. Keywords beside a
+    `$ref` (the field's description, its default) are kept over the definition's. A discriminator's
+    `mapping` names `$defs` entries, so it goes; each member's `const` still tells them apart. A
+    recursive model (a tree of itself) cannot be written out: its schema is returned as it is.
+    """
+    defs = schema.get("$defs")
+    if not isinstance(defs, dict):
+        return schema
+
+    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        if "$ref" in node:
+            ref = node["$ref"]
+            name = ref[len("#/$defs/") :] if isinstance(ref, str) and ref.startswith("#/$defs/") else ""
+            if name in seen or name not in defs:
+                raise _NotInlinable(ref)
+            out.update(resolve(defs[name], (*seen, name)))
+        for key, value in node.items():
+            if key in ("$ref", "$defs"):
+                continue
+            if key == "discriminator" and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k != "mapping"}
+            elif key in _SUBSCHEMA:
+                value = resolve(value, seen)
+            elif key in _SUBSCHEMAS and isinstance(value, list):
+                value = [resolve(v, seen) for v in value]
+            elif key in _SCHEMA_MAPS and isinstance(value, dict):
+                value = {k: resolve(v, seen) for k, v in value.items()}
+            out[key] = value
+        return out
+
+    try:
+        inlined: dict[str, Any] = resolve(schema, ())
+    except _NotInlinable:
+        return schema
+    return inlined
+
+
 def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
     """A validation error as one line (`field: message; …`) and as JSON, field by field."""
     errors = e.errors(include_url=False)
@@ -391,7 +450,7 @@ class Environment(Generic[T, S]):
             "type": "function",
             "name": name,
             "description": description,
-            "parameters": args_model.model_json_schema(),
+            "parameters": _inline_refs(args_model.model_json_schema()),
             "strict": False,
         }
         self.tools[name] = Tool(name, fn, args_model, description, schema)

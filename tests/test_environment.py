@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import enum
 import functools
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
 
 from environments.counter import CounterState, CounterTask
 from eventsourced_env import (
@@ -250,3 +252,96 @@ def test_the_verifier_version_of_a_partial_or_a_callable_object_is_the_same_in_e
     assert half != version(_left_with_bonus)
     assert version(_Scorer(0.5)) == version(_Scorer(0.5))
     assert version(_Scorer(0.5)).startswith("9+")
+
+
+class Colour(enum.StrEnum):
+    red = "red"
+    green = "green"
+
+
+class Filter(BaseModel):
+    """Which items to take."""
+
+    colour: Annotated[Colour, Field(description="Only items of this colour")] = Colour.red
+
+
+# Another tool's model of the same name (as a second module's `Filter` would be): a different schema.
+OtherFilter = create_model("Filter", limit=(int, 10))
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+
+
+class TakeArgs(Args):
+    filter: Filter
+    filters: list[Filter] = []
+    pet: Annotated[Cat | Dog, Field(discriminator="kind")]
+
+
+class LimitArgs(Args):
+    filter: OtherFilter  # type: ignore[valid-type]
+
+
+class TreeNode(BaseModel):
+    label: str
+    children: list[TreeNode] = []
+
+
+class PlantArgs(Args):
+    tree: TreeNode
+
+
+def test_tool_parameters_have_no_refs_to_resolve() -> None:
+    """pydantic refers nested models, Enums and union members to `$defs`; vLLM's tool_choice="required"
+    merges every tool's `$defs` and fails on two of one name ("Tool definition 'Filter' has multiple
+    schemas"), and other servers leave the `$ref` unresolved. The published parameters spell them out."""
+    env = make_env()
+
+    @env.tool
+    def take(state: Bag, args: TakeArgs, ctx: Context) -> tuple[Bag, Any]:
+        """Take items."""
+        return state, {}
+
+    @env.tool
+    def limit(state: Bag, args: LimitArgs, ctx: Context) -> tuple[Bag, Any]:
+        """Limit items."""
+        return state, {}
+
+    schemas = {s["name"]: s for s in env.tool_schemas()}
+    for schema in schemas.values():
+        assert "$defs" not in schema["parameters"] and "$ref" not in json.dumps(schema), schema
+    take_params = schemas["take"]["parameters"]["properties"]
+    assert take_params["filter"]["description"] == "Which items to take."
+    colour = take_params["filter"]["properties"]["colour"]
+    assert colour == {
+        "description": "Only items of this colour",
+        "enum": ["red", "green"],
+        "title": "Colour",
+        "type": "string",
+        "default": "red",
+    }
+    assert take_params["filters"]["items"] == take_params["filter"]
+    assert [m["properties"]["kind"]["const"] for m in take_params["pet"]["oneOf"]] == ["cat", "dog"]
+    assert take_params["pet"]["discriminator"] == {"propertyName": "kind"}
+    assert schemas["limit"]["parameters"]["properties"]["filter"]["properties"]["limit"]["type"] == "integer"
+    # What the schema spells out is what validation takes.
+    tool = env.tools["take"]
+    tool.validate({"filter": {"colour": "green"}, "filters": [{}], "pet": {"kind": "dog"}})
+
+
+def test_a_recursive_model_keeps_its_refs() -> None:
+    env = make_env()
+
+    @env.tool
+    def plant(state: Bag, args: PlantArgs, ctx: Context) -> tuple[Bag, Any]:
+        """Plant a tree."""
+        return state, {}
+
+    params = env.tools["plant"].schema["parameters"]
+    assert params == PlantArgs.model_json_schema()
+    assert params["properties"]["tree"] == {"$ref": "#/$defs/TreeNode"}
