@@ -30,10 +30,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar, get_type_hints
+from typing import Any, Generic, TypeVar, get_args, get_type_hints
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .errors import (
@@ -332,6 +332,47 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return inlined
 
 
+def _unreplayable_fields(model: type[BaseModel], seen: set[type[BaseModel]]) -> list[str]:
+    """The fields of `model` (and of the models inside it) whose recorded value replay would not
+    read back: written under a key that validation does not accept (a `validation_alias` without
+    the same `serialization_alias`, or the reverse), or not written at all (`exclude=True`)."""
+    if model in seen:
+        return []
+    seen.add(model)
+    by_name = bool(model.model_config.get("validate_by_name") or model.model_config.get("populate_by_name"))
+    problems = []
+    for name, info in model.model_fields.items():
+        where = f"{model.__name__}.{name}"
+        written = info.serialization_alias or name
+        alias = info.validation_alias
+        if isinstance(alias, str):
+            read = {alias}
+        elif isinstance(alias, AliasChoices):
+            read = {choice for choice in alias.choices if isinstance(choice, str)}
+        else:
+            read = {name} if alias is None else set()
+        if by_name:
+            read.add(name)
+        if info.exclude:
+            problems.append(f"{where} is excluded from the dump, so the log would not hold it")
+        elif written not in read:
+            problems.append(
+                f"{where} is read as {' or '.join(map(repr, sorted(read))) or 'a path'} and written as "
+                f"{written!r}; give it alias={sorted(read)[0] if read else written!r} (both ways)"
+            )
+        for inner in _models_in(info.annotation):
+            problems += _unreplayable_fields(inner, seen)
+    return problems
+
+
+def _models_in(annotation: Any) -> Iterable[type[BaseModel]]:
+    """The pydantic models an annotation holds (itself, or inside Optional, list, dict, unions…)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in get_args(annotation):
+        yield from _models_in(arg)
+
+
 def _field_errors(e: ValidationError) -> tuple[str, list[dict[str, object]]]:
     """A validation error as one line (`field: message; …`) and as JSON, field by field."""
     errors = e.errors(include_url=False)
@@ -440,6 +481,12 @@ class Environment(Generic[T, S]):
         if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
             raise EnvironmentDefinitionError(
                 f"tool {name!r} must be `def {name}(state, args: SomeArgs, ctx)`, SomeArgs a pydantic model"
+            )
+        unrecordable = _unreplayable_fields(args_model, set())
+        if unrecordable:
+            raise EnvironmentDefinitionError(
+                f"tool {name!r}: a call's arguments are recorded as they dump (by alias) and read back "
+                f"on replay, but {'; '.join(unrecordable)}"
             )
         description = inspect.cleandoc(fn.__doc__ or "").strip()
         if not description:

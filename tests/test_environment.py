@@ -3,11 +3,12 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import BaseModel, Field, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
 
 from environments.counter import CounterState, CounterTask
 from eventsourced_env import (
@@ -345,3 +346,72 @@ def test_a_recursive_model_keeps_its_refs() -> None:
     params = env.tools["plant"].schema["parameters"]
     assert params == PlantArgs.model_json_schema()
     assert params["properties"]["tree"] == {"$ref": "#/$defs/TreeNode"}
+
+
+class SendFrom(Args):
+    from_: str = Field(validation_alias="from")
+
+
+class Shown(Args):
+    x: str = Field(serialization_alias="y")
+
+
+class Hidden(Args):
+    secret: str = "s"
+    note: str = Field(default="", exclude=True)
+
+
+class Recipient(BaseModel):
+    from_: str = Field(validation_alias="from")
+
+
+class SendMany(Args):
+    to: list[Recipient] | None = None
+
+
+class Fine(Args):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from")
+    q: str = Field(validation_alias=AliasChoices("query", "q"))
+    by_name: str = Field(default="", validation_alias="byName")
+    inner: list[Filter] = []
+
+
+@pytest.mark.parametrize(
+    ("model", "named"),
+    [
+        (SendFrom, "SendFrom.from_ is read as 'from' and written as 'from_'"),
+        (Shown, "Shown.x is read as 'x' and written as 'y'"),
+        (Hidden, "Hidden.note is excluded"),
+        (SendMany, "Recipient.from_ is read as 'from'"),
+    ],
+)
+def test_arguments_the_log_could_not_replay_are_refused_at_registration(
+    model: type[Args], named: str
+) -> None:
+    """A call's arguments are recorded as they dump (by alias): with `validation_alias="from"` alone a
+    call `{"from": "bob"}` was served, recorded as `{"from_": "bob"}`, and `esenv replay` (and any
+    rebuild of the session) rejected it: 'recorded arguments are now rejected at seq 2'."""
+    env = make_env()
+
+    def send(state: Bag, args: Any, ctx: Context) -> tuple[Bag, Any]:
+        """Send."""
+        return state, {}
+
+    send.__annotations__["args"] = model
+    with pytest.raises(EnvironmentDefinitionError, match=re.escape(named)):
+        env.tool(send)
+
+
+def test_arguments_whose_record_reads_back_are_accepted() -> None:
+    env = make_env()
+
+    @env.tool
+    def send(state: Bag, args: Fine, ctx: Context) -> tuple[Bag, Any]:
+        """Send."""
+        return state, {}
+
+    tool = env.tools["send"]
+    args = tool.validate({"from": "bob", "query": "x", "byName": "n", "inner": [{"colour": "green"}]})
+    assert tool.validate(tool.recorded(args)) == args
