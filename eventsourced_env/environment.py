@@ -335,12 +335,18 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 def _unreplayable_fields(model: type[BaseModel], seen: set[type[BaseModel]]) -> list[str]:
     """The fields of `model` (and of the models inside it) whose recorded value replay would not
     read back: written under a key that validation does not accept (a `validation_alias` without
-    the same `serialization_alias`, or the reverse), or not written at all (`exclude=True`)."""
+    the same `serialization_alias`, or the reverse), not written at all (`exclude=True`), or written
+    though not a field (a `computed_field` of a model that forbids unknown fields)."""
     if model in seen:
         return []
     seen.add(model)
     by_name = bool(model.model_config.get("validate_by_name") or model.model_config.get("populate_by_name"))
     problems = []
+    if model.model_config.get("extra") == "forbid":
+        problems += [
+            f"{model.__name__}.{name} is a computed field: dumped, then refused as an unknown one"
+            for name in model.__pydantic_computed_fields__
+        ]
     for name, info in model.model_fields.items():
         where = f"{model.__name__}.{name}"
         written = info.serialization_alias or name

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, create_model
 
 from environments.counter import CounterState, CounterTask
 from eventsourced_env import (
@@ -361,6 +361,15 @@ class Hidden(Args):
     note: str = Field(default="", exclude=True)
 
 
+class Doubled(Args):
+    x: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def double(self) -> int:
+        return 2 * self.x
+
+
 class Recipient(BaseModel):
     from_: str = Field(validation_alias="from")
 
@@ -385,6 +394,7 @@ class Fine(Args):
         (Shown, "Shown.x is read as 'x' and written as 'y'"),
         (Hidden, "Hidden.note is excluded"),
         (SendMany, "Recipient.from_ is read as 'from'"),
+        (Doubled, "Doubled.double is a computed field"),
     ],
 )
 def test_arguments_the_log_could_not_replay_are_refused_at_registration(
