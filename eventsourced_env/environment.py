@@ -256,9 +256,20 @@ class Tool:
 
     def validate(self, raw: Any) -> BaseModel:
         """Parse raw JSON arguments into the arguments model, or raise ArgumentsInvalid."""
+        validator = self.args_model.__pydantic_validator__
         try:
-            # The model's own validator, as `model_validate` calls it: a third less time per call.
-            result: BaseModel = self.args_model.__pydantic_validator__.validate_python(raw)
+            try:
+                # The model's own validator, as `model_validate` calls it: a third less time per call.
+                result: BaseModel = validator.validate_python(raw)
+            except ValidationError as python_error:
+                # The arguments are JSON, and read as Python a strict model (or field) wants the objects
+                # themselves, refusing what its schema publishes: an Enum's value, a date's ISO string,
+                # a tuple's list. Read as the JSON they are, they pass; if not, the Python reading's
+                # errors stand (as a call that fails either way has always been answered and recorded).
+                try:
+                    result = validator.validate_json(orjson.dumps(raw))
+                except (TypeError, ValidationError):
+                    raise python_error from None
             return result
         except ValidationError as e:
             summary, errors = _field_errors(e)

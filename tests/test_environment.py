@@ -4,7 +4,7 @@ import enum
 import functools
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -425,3 +425,34 @@ def test_arguments_whose_record_reads_back_are_accepted() -> None:
     tool = env.tools["send"]
     args = tool.validate({"from": "bob", "query": "x", "byName": "n", "inner": [{"colour": "green"}]})
     assert tool.validate(tool.recorded(args)) == args
+
+
+class StrictArgs(Args):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    colour: Colour
+    when: date | None = None
+    pair: tuple[int, int] | None = None
+    count: int = 0
+
+
+def test_a_strict_model_takes_what_its_schema_publishes() -> None:
+    """Read as Python, a strict model wants an Enum member, a date, a tuple: the JSON its schema
+    publishes ({"enum": ["red", "green"]}, an ISO date, an array) was refused with a 422 ('Input
+    should be an instance of Colour'). It is JSON, and is now read as JSON; strictness still holds."""
+    env = make_env()
+
+    @env.tool
+    def paint(state: Bag, args: StrictArgs, ctx: Context) -> tuple[Bag, Any]:
+        """Paint."""
+        return state, {}
+
+    tool = env.tools["paint"]
+    properties = tool.schema["parameters"]["properties"]
+    assert properties["colour"]["enum"] == ["red", "green"]
+    args = tool.validate({"colour": "green", "when": "2024-02-29", "pair": [1, 2], "count": 3})
+    assert args == StrictArgs(colour=Colour.green, when=date(2024, 2, 29), pair=(1, 2), count=3)
+    assert tool.validate(tool.recorded(args)) == args  # and replay reads its record back
+    for wrong in ({"colour": "blue"}, {"colour": "red", "count": "3"}, {"colour": "red", "when": 5}):
+        with pytest.raises(ArgumentsInvalid):
+            tool.validate(wrong)
