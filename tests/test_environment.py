@@ -456,3 +456,26 @@ def test_a_strict_model_takes_what_its_schema_publishes() -> None:
     for wrong in ({"colour": "blue"}, {"colour": "red", "count": "3"}, {"colour": "red", "when": 5}):
         with pytest.raises(ArgumentsInvalid):
             tool.validate(wrong)
+
+
+class StrictTask(Task):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    colour: Colour
+    due: date
+
+
+def test_a_strict_task_takes_its_seed_row_as_json() -> None:
+    """A seed row is JSON too: a strict Task refused {"colour": "red", "due": "2024-02-29"} as
+    'task_invalid: Input should be an instance of Colour'."""
+    env: Environment[Any, Any] = Environment("strict", version="1", task=StrictTask)
+    row = {
+        "responses_create_params": {"input": "x"},
+        "colour": "red",
+        "due": "2024-02-29",
+        "_ng_task_index": 0,
+    }
+    task = env.parse_task(row)
+    assert (task.colour, task.due) == (Colour.red, date(2024, 2, 29))
+    with pytest.raises(TaskInvalid):
+        env.parse_task({**row, "colour": "blue"})
