@@ -726,16 +726,16 @@ class Sessions:
         """The session's state after event `at` (the latest if None), as (seq, JSON state)."""
         if at is None:
             async with self._lock(session):  # a rebuild must not race a call's update of the cache
-                return _as_json(session, await self._load(session))
+                return _state_json(session, await self._load(session))
         if at < 1:
             raise BadRequest(f"at must be a seq of 1 or more, not {at}")
         events = await self.events(session, at)
         if events[-1].seq < at:
             raise EventNotFound(f"session {session!r} has {events[-1].seq} events, none at seq {at}")
-        return _as_json(session, fold(self.env, events))
+        return _state_json(session, fold(self.env, events))
 
 
-def _as_json(session: str, folded: Folded) -> tuple[int, dict[str, Any]]:
+def _state_json(session: str, folded: Folded) -> tuple[int, dict[str, Any]]:
     """(seq, the state as JSON); a state with no JSON form (bytes that are not UTF-8…) is the
     environment's bug, a `ToolFailed` naming it, not an unexpected error."""
     try:

@@ -108,6 +108,19 @@ def test_golden(snapshot):
 """
 
 
+SNAPSHOTS = Path(__file__).parent / "__snapshots__"
+
+
+def counter_success_snapshot(pytester: pytest.Pytester) -> Path:
+    """Our golden snapshot of counter's `success` replay, copied as the snapshot of pytester's
+    `test_golden`: the copy."""
+    ours = pytester.path / "__snapshots__" / "test_golden" / "test_golden.json"
+    theirs = SNAPSHOTS / "test_golden_replays" / "test_golden_replay[counter-success].json"
+    ours.parent.mkdir(parents=True)
+    ours.write_text(theirs.read_text())
+    return ours
+
+
 @pytest.mark.parametrize("changed", [False, True])
 def test_snapshots_fail_when_the_verifier_output_changes(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, changed: bool
@@ -117,15 +130,7 @@ def test_snapshots_fail_when_the_verifier_output_changes(
     pytester.makepyfile(
         test_golden=GOLDEN_TEST.format(env="half_counter" if changed else "counter_env", path=str(source))
     )
-    ours = pytester.path / "__snapshots__" / "test_golden" / "test_golden.json"
-    theirs = (
-        Path(__file__).parent
-        / "__snapshots__"
-        / "test_golden_replays"
-        / "test_golden_replay[counter-success].json"
-    )
-    ours.parent.mkdir(parents=True)
-    ours.write_text(theirs.read_text())
+    counter_success_snapshot(pytester)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=0 if changed else 1, failed=1 if changed else 0)
 
@@ -138,15 +143,7 @@ def test_a_failing_snapshot_shows_what_changed(
     monkeypatch.setenv("PYTHONPATH", str(REPLAYS.parent))
     source = REPLAYS / "counter" / "success.jsonl"
     pytester.makepyfile(test_golden=GOLDEN_TEST.format(env="half_counter", path=str(source)))
-    ours = pytester.path / "__snapshots__" / "test_golden" / "test_golden.json"
-    ours.parent.mkdir(parents=True)
-    theirs = (
-        Path(__file__).parent
-        / "__snapshots__"
-        / "test_golden_replays"
-        / "test_golden_replay[counter-success].json"
-    )
-    ours.write_text(theirs.read_text())
+    counter_success_snapshot(pytester)
     monkeypatch.setenv("NO_COLOR", "1")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
@@ -174,18 +171,11 @@ def test_snapshot_update_keeps_the_snapshot_of_a_replay_that_no_longer_reproduce
             env="changed_tools_counter", path=str(source)
         )
     )
-    ours = pytester.path / "__snapshots__" / "test_golden" / "test_golden.json"
-    ours.parent.mkdir(parents=True)
-    theirs = (
-        Path(__file__).parent
-        / "__snapshots__"
-        / "test_golden_replays"
-        / "test_golden_replay[counter-success].json"
-    )
-    ours.write_text(theirs.read_text())
+    ours = counter_success_snapshot(pytester)
+    recorded = ours.read_text()
     monkeypatch.setenv("NO_COLOR", "1")
     for update in ([], ["--snapshot-update"]):
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *update)
         result.assert_outcomes(failed=1)
         result.stdout.fnmatch_lines(["*observation differs at seq 2 (tool 'increment_counter')*"])
-        assert ours.read_text() == theirs.read_text()
+        assert ours.read_text() == recorded
